@@ -1,0 +1,42 @@
+# Set-up and everyday commands. `make test` and `make demo` work on a fresh clone: they create
+# .venv and install everything first (torch + torchvision as a matched pair, see README).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torchvision from PyPI is built against PyPI's torch; the local CPU-only torch wheel breaks
+# `import torchvision` (and with it timm), so the two are pinned as a pair.
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install system-deps test lint demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PAIR)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# espeak-ng synthesises the embedded speech corpus used by the audio demo (Debian package).
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || \
+	  echo "warning: could not install espeak-ng; the audio default corpus needs it"; }
+
+test: install system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check modeling pretraining conversion finetuning benchmarks tests
+	$(VENV)/bin/ruff format --check modeling pretraining conversion finetuning benchmarks tests
+
+demo: install system-deps
+	HF_HUB_OFFLINE=1 $(PY) pretraining/demo.py
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""data2vec_hf.conversion."""

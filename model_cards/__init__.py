@@ -1,0 +1,1 @@
+"""data2vec_hf.model_cards."""

@@ -1,0 +1,128 @@
+"""data2vec 1.0 audio: pretraining config and model on transformers' ``Data2VecAudioModel``."""
+
+from __future__ import annotations
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import Data2VecAudioConfig, Data2VecAudioModel
+from transformers.models.data2vec.modeling_data2vec_audio import Data2VecAudioPreTrainedModel
+
+from .masking import compute_span_mask
+from .objective import OBJECTIVE_DOC, Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin
+from .targets import record_outputs
+
+
+@strict
+class Data2VecAudioPreTrainingConfig(Data2VecAudioConfig, Data2VecObjectiveConfigMixin):
+    __doc__ = (
+        """Configuration of :class:`Data2VecAudioForPreTraining`.
+
+    All fields of ``transformers.Data2VecAudioConfig`` describe the backbone (defaults: the released
+    base model). Defaults of the pretraining fields follow fairseq's
+    ``examples/data2vec/config/audio/pretraining/base_librispeech.yaml``.
+
+    Masking fields:
+
+        mask_prob (`float`): probability of each frame starting a masked span (0.65).
+        mask_length (`int`): span length in frames (10).
+        mask_min_masks (`int`): minimum number of spans per sample (1).
+"""
+        + OBJECTIVE_DOC
+    )
+
+    model_type = "data2vec-audio-pretraining"
+    backbone_config_class = Data2VecAudioConfig
+    pretraining_only_fields = ("mask_prob", "mask_length", "mask_min_masks")
+
+    # backbone defaults of the released base pretraining run
+    layerdrop: float | int = 0.05
+    activation_dropout: float | int = 0.0
+    # objective (fairseq base_librispeech.yaml)
+    average_top_k_layers: int = 8
+    instance_norm_target_layer: bool = True
+    ema_decay: float = 0.999
+    ema_end_decay: float = 0.9999
+    ema_anneal_end_step: int = 30000
+    # masking
+    mask_prob: float | int = 0.65
+    mask_length: int = 10
+    mask_min_masks: int = 1
+
+
+class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrainedModel):
+    """data2vec 1.0 audio pretraining: a ``Data2VecAudioModel`` student, a linear regression head
+    (``final_proj``) and an EMA teacher of the transformer encoder.
+
+    As in fairseq, the teacher shares the CNN feature encoder, feature projection, mask embedding and
+    positional convolution with the student: it reads the student's features of the unmasked input.
+    """
+
+    config_class = Data2VecAudioPreTrainingConfig
+    teacher_shared = ("pos_conv_embed",)
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^projector\.", r"^classifier\."]
+
+    def __init__(self, config: Data2VecAudioPreTrainingConfig):
+        super().__init__(config)
+        self.data2vec_audio = Data2VecAudioModel(config.to_backbone_config())
+        if not hasattr(self.data2vec_audio, "masked_spec_embed"):
+            # transformers only creates the mask embedding when its own SpecAugment is enabled
+            self.data2vec_audio.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self.final_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self._build_teacher()
+        self.post_init()
+        self.reset_teacher()
+
+    def teacher_source(self) -> nn.Module:
+        return self.data2vec_audio.encoder
+
+    def sample_mask(self, batch_size: int, num_frames: int, frame_mask=None, generator=None):
+        cfg = self.config
+        return compute_span_mask(
+            (batch_size, num_frames),
+            cfg.mask_prob,
+            cfg.mask_length,
+            attention_mask=frame_mask,
+            min_masks=cfg.mask_min_masks,
+            generator=generator,
+            device=self.device,
+        )
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """``input_values`` (B x samples), optional ``attention_mask`` (1 = real sample) and optional
+        frame-level boolean ``mask_time_indices`` (sampled from the config when absent)."""
+        backbone = self.data2vec_audio
+        features = backbone.feature_extractor(input_values).transpose(1, 2)
+        frame_mask = None
+        if attention_mask is not None:
+            frame_mask = backbone._get_feature_vector_attention_mask(features.shape[1], attention_mask)
+        hidden, _ = backbone.feature_projection(features)
+        batch_size, num_frames, _ = hidden.shape
+        if mask_time_indices is None:
+            mask_time_indices = self.sample_mask(batch_size, num_frames, frame_mask)
+        mask = mask_time_indices.to(device=hidden.device, dtype=torch.bool)
+        if mask.shape != (batch_size, num_frames):
+            raise ValueError(f"mask_time_indices has shape {tuple(mask.shape)}, expected {(batch_size, num_frames)}")
+
+        student_input = torch.where(mask.unsqueeze(-1), backbone.masked_spec_embed.to(hidden.dtype), hidden)
+        encoded = backbone.encoder(student_input, attention_mask=frame_mask).last_hidden_state
+        prediction = self.final_proj(encoded[mask])
+
+        layers = backbone.encoder.layers
+        with record_outputs([layer.feed_forward for layer in layers]) as ffn_outputs:
+            self.teacher.run(backbone.encoder, hidden.detach().clone(), attention_mask=frame_mask)
+        target = self._targets(ffn_outputs)[mask]
+        return self._objective(prediction, target, mask, encoded)
+
+
+class Data2VecAudioPreTrainingBackbone(Data2VecAudioModel):
+    """The student encoder of a pretraining checkpoint, for ``AutoModel.from_pretrained`` on it."""
+
+    config_class = Data2VecAudioPreTrainingConfig
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^final_proj\."]

@@ -1,0 +1,131 @@
+"""data2vec 1.0 vision: pretraining config and model on transformers' ``Data2VecVisionModel``."""
+
+from __future__ import annotations
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import Data2VecVisionConfig, Data2VecVisionModel
+from transformers.models.data2vec.modeling_data2vec_vision import Data2VecVisionPreTrainedModel
+
+from .masking import BlockMaskGenerator
+from .objective import OBJECTIVE_DOC, Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin
+from .targets import record_outputs
+
+
+@strict
+class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecObjectiveConfigMixin):
+    __doc__ = (
+        """Configuration of :class:`Data2VecVisionForPreTraining`.
+
+    All fields of ``transformers.Data2VecVisionConfig`` describe the (BEiT-style) backbone; pretraining
+    needs ``use_mask_token=True``. Defaults of the pretraining fields follow fairseq's
+    ``examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml`` and the paper (60% block masking).
+
+    Masking fields:
+
+        mask_ratio (`float`): fraction of patches masked per image (0.6).
+        min_mask_patches_per_block (`int`): smallest masked block, in patches (16).
+        max_mask_patches_per_block (`int`, *optional*): largest block (default: no limit but the total).
+        mask_min_aspect (`float`): smallest block aspect ratio; the largest is its inverse (0.3).
+"""
+        + OBJECTIVE_DOC
+    )
+
+    model_type = "data2vec-vision-pretraining"
+    backbone_config_class = Data2VecVisionConfig
+    pretraining_only_fields = (
+        "mask_ratio",
+        "min_mask_patches_per_block",
+        "max_mask_patches_per_block",
+        "mask_min_aspect",
+    )
+
+    # backbone defaults for pretraining (BEiT layout with a final LayerNorm)
+    use_mask_token: bool = True
+    use_shared_relative_position_bias: bool = True
+    use_mean_pooling: bool = False
+    layer_norm_eps: float = 1e-6
+    drop_path_rate: float | int = 0.25
+    # objective
+    average_top_k_layers: int = 6
+    layer_norm_targets: bool = True
+    loss_beta: float | int = 2.0
+    ema_decay: float = 0.999
+    ema_end_decay: float = 0.9998
+    ema_anneal_end_step: int = 375300
+    # masking
+    mask_ratio: float = 0.6
+    min_mask_patches_per_block: int = 16
+    max_mask_patches_per_block: int | None = None
+    mask_min_aspect: float = 0.3
+
+
+class Data2VecVisionForPreTraining(Data2VecPreTrainingMixin, Data2VecVisionPreTrainedModel):
+    """data2vec 1.0 vision pretraining: a ``Data2VecVisionModel`` student with a mask token, a linear
+    regression head and an EMA teacher of the transformer encoder (patch embedding, CLS token and
+    position embeddings are shared with the student, as in fairseq's ``ema_transformer_only``)."""
+
+    config_class = Data2VecVisionPreTrainingConfig
+    teacher_shared = ("embeddings",)
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\.", r"pooler\.", r"relative_position_index"]
+
+    def __init__(self, config: Data2VecVisionPreTrainingConfig):
+        super().__init__(config)
+        if not config.use_mask_token:
+            raise ValueError("data2vec vision pretraining needs use_mask_token=True")
+        self.data2vec_vision = Data2VecVisionModel(config.to_backbone_config(), add_pooling_layer=False)
+        self.final_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self._build_teacher()
+        self.post_init()
+        self.reset_teacher()
+
+    def teacher_source(self) -> nn.Module:
+        return self.data2vec_vision
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return tuple(self.data2vec_vision.embeddings.patch_embeddings.patch_shape)
+
+    def sample_mask(self, batch_size: int, generator=None) -> torch.Tensor:
+        cfg = self.config
+        height, width = self.patch_grid
+        sampler = BlockMaskGenerator(
+            height,
+            width,
+            num_masking_patches=max(1, round(cfg.mask_ratio * height * width)),
+            min_num_patches=cfg.min_mask_patches_per_block,
+            max_num_patches=cfg.max_mask_patches_per_block,
+            min_aspect=cfg.mask_min_aspect,
+        )
+        return sampler(batch_size, generator).to(self.device)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
+        """``pixel_values`` (B x C x H x W) and optional patch-level boolean ``bool_masked_pos``."""
+        backbone = self.data2vec_vision
+        if bool_masked_pos is None:
+            bool_masked_pos = self.sample_mask(pixel_values.shape[0])
+        mask = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool).flatten(1)
+
+        encoded = backbone(pixel_values, bool_masked_pos=mask).last_hidden_state
+        prediction = self.final_proj(encoded[:, 1:][mask])
+
+        layers = backbone.encoder.layer
+
+        def layer_scaled(index, output):
+            # BEiT's layer scale multiplies the FFN output before the residual; read inside the hook so
+            # the teacher's own (averaged) lambda_2 is used.
+            scale = layers[index].lambda_2
+            return output if scale is None else output * scale
+
+        with record_outputs([layer.output for layer in layers], layer_scaled) as ffn_outputs:
+            self.teacher.run(backbone, pixel_values)
+        target = self._targets([y[:, 1:] for y in ffn_outputs])[mask]
+        return self._objective(prediction, target, mask, encoded)
+
+
+class Data2VecVisionPreTrainingBackbone(Data2VecVisionModel):
+    """The student encoder of a pretraining checkpoint, for ``AutoModel.from_pretrained`` on it."""
+
+    config_class = Data2VecVisionPreTrainingConfig
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^final_proj\.", r"relative_position_index"]
