@@ -95,6 +95,11 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
 
     def __init__(self, config: Data2VecTextPreTrainingConfig):
         super().__init__(config)
+        if not 0 <= config.mask_token_id < config.vocab_size:
+            raise ValueError(
+                f"mask_token_id={config.mask_token_id} is outside the vocabulary (vocab_size={config.vocab_size}); "
+                "set mask_token_id to your tokenizer's mask token id"
+            )
         self.data2vec_text = Data2VecTextModel(config.to_backbone_config(), add_pooling_layer=False)
         self.regression_head = build_regression_head(config.hidden_size, config.head_layers)
         self._build_teacher()

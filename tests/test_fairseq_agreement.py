@@ -1,0 +1,103 @@
+"""Our v1 models reproduce what Meta's fairseq computed on the reference checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import REFERENCE_DIR
+from safetensors.torch import load_file
+
+from data2vec_hf.conversion.fairseq_v1 import (
+    audio_model_from_fairseq,
+    load_fairseq_checkpoint,
+    text_model_from_fairseq,
+)
+
+TOLERANCE = 1e-4
+
+
+def reference(name):
+    checkpoint = os.path.join(REFERENCE_DIR, f"{name}.pt")
+    if not os.path.exists(checkpoint):
+        pytest.fail(f"reference data missing: {checkpoint} (shared/reference/fairseq must sit beside the repo)")
+    return load_fairseq_checkpoint(checkpoint), load_file(os.path.join(REFERENCE_DIR, f"{name}.outputs.safetensors"))
+
+
+def max_diff(a, b):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def audio():
+    checkpoint, outputs = reference("d2v1_audio")
+    return audio_model_from_fairseq(checkpoint).eval(), outputs
+
+
+@pytest.fixture(scope="module")
+def text():
+    checkpoint, outputs = reference("d2v1_text")
+    return text_model_from_fairseq(checkpoint).eval(), outputs
+
+
+@torch.no_grad()
+def test_audio_encoder_outputs(audio):
+    model, ref = audio
+    assert max_diff(model.data2vec_audio(ref["source"]).last_hidden_state, ref["features.x"]) < TOLERANCE
+    padded = model.data2vec_audio(ref["padded.source"], attention_mask=(~ref["padded.padding_mask_input"]).long())
+    real = ~ref["padded.features.padding_mask_frames"]
+    assert real.sum() < real.numel()  # the fixture really is padded
+    assert max_diff(padded.last_hidden_state[real], ref["padded.features.x"][real]) < TOLERANCE
+
+
+@torch.no_grad()
+def test_audio_targets_and_loss(audio):
+    model, ref = audio
+    out = model(ref["source"], mask_time_indices=ref["pretrain.mask"])
+    assert out.num_masked.item() == ref["pretrain.sample_size"].item() == 52
+    assert max_diff(out.target, ref["pretrain.targets_y_masked"]) < TOLERANCE
+    assert max_diff(out.prediction, ref["pretrain.pred_masked"]) < TOLERANCE
+    # fairseq reports the summed, 1/sqrt(D)-scaled loss; ours is its mean over masked positions
+    assert abs(out.loss_sum.item() - ref["pretrain.loss_regression"].item()) < TOLERANCE * 10
+    assert abs(out.loss.item() - ref["pretrain.loss_regression"].item() / 52) < TOLERANCE
+    assert abs(out.target_var.item() - ref["pretrain.target_var"].item()) < TOLERANCE
+    assert abs(out.pred_var.item() - ref["pretrain.pred_var"].item()) < TOLERANCE
+
+
+@torch.no_grad()
+def test_audio_targets_come_from_the_teacher(audio):
+    """Breaking one teacher tensor must change the targets (they are not read from the student)."""
+    model, ref = audio
+    layer = model.teacher.model.layers[-1].feed_forward.output_dense
+    saved = layer.bias.clone()
+    try:
+        layer.bias.add_(1.0)
+        out = model(ref["source"], mask_time_indices=ref["pretrain.mask"])
+    finally:
+        layer.bias.copy_(saved)
+    assert max_diff(out.target, ref["pretrain.targets_y_masked"]) > 1e-2
+
+
+@torch.no_grad()
+def test_text_encoder_outputs(text):
+    model, ref = text
+    assert max_diff(model.data2vec_text(ref["src_tokens"]).last_hidden_state, ref["features.x"]) < TOLERANCE
+    tokens = ref["padded.src_tokens"]
+    real = tokens != 1
+    assert (~real).any()
+    padded = model.data2vec_text(tokens, attention_mask=real.long()).last_hidden_state
+    assert max_diff(padded[real], ref["padded.features.x"][real]) < TOLERANCE
+
+
+@torch.no_grad()
+def test_text_targets_and_loss(text):
+    model, ref = text
+    mask = ref["pretrain.mask"]
+    labels = torch.where(mask, ref["pretrain.target_tokens"], torch.full_like(mask, -100, dtype=torch.long))
+    out = model(ref["pretrain.src_tokens_masked"], labels=labels)
+    assert out.num_masked.item() == ref["pretrain.sample_size"].item()
+    assert max_diff(out.target, ref["pretrain.targets_y_masked"]) < TOLERANCE
+    assert max_diff(out.prediction, ref["pretrain.pred_masked"]) < TOLERANCE
+    assert abs(out.loss_sum.item() - ref["pretrain.loss_main"].item()) < TOLERANCE * 10
