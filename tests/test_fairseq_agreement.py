@@ -70,13 +70,14 @@ def test_audio_targets_and_loss(audio):
 def test_audio_targets_come_from_the_teacher(audio):
     """Breaking one teacher tensor must change the targets (they are not read from the student)."""
     model, ref = audio
-    layer = model.teacher.model.layers[-1].feed_forward.output_dense
-    saved = layer.bias.clone()
+    # (a bias or per-channel scale would be removed by the per-layer instance norm, so perturb fc1)
+    weight = model.teacher.model.layers[-1].feed_forward.intermediate_dense.weight
+    saved = weight.clone()
     try:
-        layer.bias.add_(1.0)
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
         out = model(ref["source"], mask_time_indices=ref["pretrain.mask"])
     finally:
-        layer.bias.copy_(saved)
+        weight.copy_(saved)
     assert max_diff(out.target, ref["pretrain.targets_y_masked"]) > 1e-2
 
 
