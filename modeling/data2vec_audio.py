@@ -50,6 +50,35 @@ class Data2VecAudioPreTrainingConfig(Data2VecAudioConfig, Data2VecObjectiveConfi
     mask_min_masks: int = 1
 
 
+def num_frames(config: Data2VecAudioConfig, num_samples: torch.Tensor) -> torch.Tensor:
+    """Frames the CNN feature encoder makes of ``num_samples`` input samples."""
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        num_samples = torch.div(num_samples - kernel, stride, rounding_mode="floor") + 1
+    return num_samples
+
+
+def sample_audio_masks(config, batch: dict, generators: list[torch.Generator]) -> dict:
+    """Per-example span masks for a padded batch (``input_values``, optional ``attention_mask``), each
+    drawn from its own generator; returns the forward argument ``mask_time_indices``."""
+    input_values = batch["input_values"]
+    total = num_frames(config, torch.tensor(input_values.shape[-1])).item()
+    lengths = batch.get("attention_mask")
+    lengths = lengths.sum(-1) if lengths is not None else torch.full((len(input_values),), input_values.shape[-1])
+    frames = num_frames(config, lengths)
+    rows = [
+        compute_span_mask(
+            (1, total),
+            config.mask_prob,
+            config.mask_length,
+            attention_mask=(torch.arange(total) < n).unsqueeze(0),
+            min_masks=config.mask_min_masks,
+            generator=g,
+        )
+        for n, g in zip(frames.tolist(), generators)
+    ]
+    return {"mask_time_indices": torch.cat(rows)}
+
+
 class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrainedModel):
     """data2vec 1.0 audio pretraining: a ``Data2VecAudioModel`` student, a linear regression head
     (``final_proj``) and an EMA teacher of the transformer encoder.

@@ -80,6 +80,38 @@ def build_regression_head(hidden_size: int, num_layers: int) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def special_tokens_mask(config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """Positions that are never masked: padding and the pad/bos/eos tokens."""
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token_id in (config.pad_token_id, config.bos_token_id, config.eos_token_id):
+        if token_id is not None:
+            special |= input_ids == token_id
+    if attention_mask is not None:
+        special |= attention_mask == 0
+    return special
+
+
+def sample_text_masks(config, batch: dict, generators: list[torch.Generator]) -> dict:
+    """Per-example token masking; returns the student's ``input_ids`` and the ``labels``."""
+    input_ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
+    special = special_tokens_mask(config, input_ids, attention_mask)
+    rows = [
+        mask_tokens(
+            input_ids[i : i + 1],
+            special[i : i + 1],
+            config.mask_token_id,
+            config.vocab_size,
+            mlm_probability=config.mlm_probability,
+            mask_replace_prob=config.mask_replace_prob,
+            random_replace_prob=config.random_replace_prob,
+            span_length=config.mask_span_length,
+            generator=g,
+        )
+        for i, g in enumerate(generators)
+    ]
+    return {"input_ids": torch.cat([r[0] for r in rows]), "labels": torch.cat([r[1] for r in rows])}
+
+
 class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTrainedModel):
     """data2vec 1.0 text pretraining: a ``Data2VecTextModel`` student (no pooler), a regression head
     and an EMA teacher of the transformer layers (embeddings shared with the student, as in fairseq).
@@ -109,30 +141,11 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
     def teacher_source(self) -> nn.Module:
         return self.data2vec_text
 
-    def special_tokens_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        cfg = self.config
-        special = torch.zeros_like(input_ids, dtype=torch.bool)
-        for token_id in (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id):
-            if token_id is not None:
-                special |= input_ids == token_id
-        if attention_mask is not None:
-            special |= attention_mask == 0
-        return special
-
     def sample_mask(self, input_ids, attention_mask=None, generator=None):
         """Mask ``input_ids`` with the config's probabilities; returns ``(masked_ids, labels)``."""
-        cfg = self.config
-        return mask_tokens(
-            input_ids,
-            self.special_tokens_mask(input_ids, attention_mask),
-            cfg.mask_token_id,
-            cfg.vocab_size,
-            mlm_probability=cfg.mlm_probability,
-            mask_replace_prob=cfg.mask_replace_prob,
-            random_replace_prob=cfg.random_replace_prob,
-            span_length=cfg.mask_span_length,
-            generator=generator,
-        )
+        batch = {"input_ids": input_ids.cpu(), "attention_mask": None if attention_mask is None else attention_mask.cpu()}
+        masked = sample_text_masks(self.config, batch, [generator] * len(input_ids))
+        return masked["input_ids"].to(input_ids.device), masked["labels"].to(input_ids.device)
 
     def forward(
         self,

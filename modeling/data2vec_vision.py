@@ -61,6 +61,28 @@ class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecObjectiveCon
     mask_min_aspect: float = 0.3
 
 
+def block_mask_sampler(config) -> BlockMaskGenerator:
+    """The BEiT block-mask sampler for the config's patch grid and masking fields."""
+    image, patch = config.image_size, config.patch_size
+    image = image if isinstance(image, list | tuple) else (image, image)
+    patch = patch if isinstance(patch, list | tuple) else (patch, patch)
+    height, width = image[0] // patch[0], image[1] // patch[1]
+    return BlockMaskGenerator(
+        height,
+        width,
+        num_masking_patches=max(1, round(config.mask_ratio * height * width)),
+        min_num_patches=config.min_mask_patches_per_block,
+        max_num_patches=config.max_mask_patches_per_block,
+        min_aspect=config.mask_min_aspect,
+    )
+
+
+def sample_vision_masks(config, batch: dict, generators: list[torch.Generator]) -> dict:
+    """Per-example block masks; returns the forward argument ``bool_masked_pos``."""
+    sampler = block_mask_sampler(config)
+    return {"bool_masked_pos": torch.stack([sampler.sample(g).flatten() for g in generators])}
+
+
 class Data2VecVisionForPreTraining(Data2VecPreTrainingMixin, Data2VecVisionPreTrainedModel):
     """data2vec 1.0 vision pretraining: a ``Data2VecVisionModel`` student with a mask token, a linear
     regression head and an EMA teacher of the transformer encoder (patch embedding, CLS token and
@@ -83,22 +105,8 @@ class Data2VecVisionForPreTraining(Data2VecPreTrainingMixin, Data2VecVisionPreTr
     def teacher_source(self) -> nn.Module:
         return self.data2vec_vision
 
-    @property
-    def patch_grid(self) -> tuple[int, int]:
-        return tuple(self.data2vec_vision.embeddings.patch_embeddings.patch_shape)
-
     def sample_mask(self, batch_size: int, generator=None) -> torch.Tensor:
-        cfg = self.config
-        height, width = self.patch_grid
-        sampler = BlockMaskGenerator(
-            height,
-            width,
-            num_masking_patches=max(1, round(cfg.mask_ratio * height * width)),
-            min_num_patches=cfg.min_mask_patches_per_block,
-            max_num_patches=cfg.max_mask_patches_per_block,
-            min_aspect=cfg.mask_min_aspect,
-        )
-        return sampler(batch_size, generator).to(self.device)
+        return block_mask_sampler(self.config)(batch_size, generator).to(self.device)
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
         """``pixel_values`` (B x C x H x W) and optional patch-level boolean ``bool_masked_pos``."""
