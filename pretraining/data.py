@@ -1,0 +1,764 @@
+"""Data pipelines of the pretraining scripts: load, check, decode, filter, tokenize and collate.
+
+Typical use in a script (preprocessing runs once on the main process and is cached; the other
+processes then read the cache)::
+
+    with accelerator.main_process_first():
+        raw = load_raw_dataset("audio", **data_source_kwargs(args))
+        train_set, stats = prepare_audio_dataset(raw, sampling_rate=16000, min_samples=400)
+    logger.info(stats.summary())
+    loader = DataLoader(train_set, collate_fn=AudioCollator(max_samples=250_000), ...)
+
+Sources: a Hub dataset (``dataset_name``, network only then), a local folder (``train_dir``: audio
+files or an image folder, with an optional ``metadata.csv``/``metadata.jsonl`` holding ``file_name``),
+a file (``train_file``: text files for text; for audio/images a manifest ``.csv``/``.jsonl``/``.json``
+with a ``file_name``/``path`` column or a fairseq ``.tsv`` manifest), or, with none of these, the
+embedded corpus of :mod:`data2vec_hf.pretraining.corpora`.
+
+Bad input never reaches the model: unreadable or missing files and clips shorter than ``min_samples``
+are skipped and counted in :class:`DataStats`; empty text lines are dropped and counted; a column that
+does not exist raises :class:`DataError` naming it and the available columns. Audio is decoded with
+``soundfile`` (never with ``datasets``' torchcodec-based ``Audio`` decoding), down-mixed to mono and
+**resampled** to the target rate with ``scipy.signal.resample_poly`` when its rate differs (counted as
+``resampled``), then optionally normalised to zero mean and unit variance per clip as fairseq's
+``normalize: true``. Long clips are randomly cropped by :class:`AudioCollator` (a fresh crop each
+time a clip is drawn, as fairseq does).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from datasets import Dataset, IterableDataset
+from datasets.fingerprint import Hasher
+
+from .corpora import (
+    build_image_corpus,
+    build_speech_corpus,
+    build_text_corpus,
+    cache_root,
+    resample_audio,
+)
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("audio", "vision", "text")
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+TEXT_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}  # else "text"
+FILE_EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "vision": IMAGE_EXTENSIONS, "text": frozenset({".txt"})}
+DEFAULT_COLUMNS = {
+    "audio": ("audio", "file", "path", "file_name"),
+    "vision": ("image", "img", "file_name", "path"),
+    "text": ("text", "sentence", "content"),
+}
+FEATURE_TYPES = {"audio": datasets.Audio, "vision": datasets.Image, "text": type(None)}
+KEPT = frozenset({"ok", "resampled"})  # statuses of examples that are kept
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Input data the pipeline cannot use, with a message that says what to change."""
+
+
+class UnreadableError(Exception):
+    """One file could not be read; ``reason`` is ``"missing"`` or ``"unreadable"``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class DataStats:
+    """What preprocessing kept and skipped. For streaming datasets the counts grow while iterating
+    (in the iterating process only: DataLoader workers keep their own copies)."""
+
+    modality: str
+    streaming: bool = False
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+
+    def record(self, status: str) -> bool:
+        """Count one example's status; return whether it is kept."""
+        if status in KEPT:
+            self.kept += 1
+            if status != "ok":
+                self.notes[status] += 1
+            return True
+        self.skipped[status] += 1
+        return False
+
+    def summary(self) -> str:
+        """One line for the log."""
+        total = self.kept + sum(self.skipped.values())
+        what = "so far " if self.streaming else ""
+        text = f"{self.modality}: kept {what}{self.kept} of {total} examples"
+        if self.skipped:
+            text += "; skipped " + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+        if self.notes:
+            text += "; " + ", ".join(f"{k}={v}" for k, v in sorted(self.notes.items()))
+        return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading raw datasets
+
+
+def data_source_kwargs(args: Any) -> dict[str, Any]:
+    """Pick :func:`load_raw_dataset`'s keyword arguments from an argparse namespace (missing → default)."""
+    names = "dataset_name dataset_config_name train_split_name streaming train_dir train_file cache_dir"
+    return {name: getattr(args, name) for name in names.split() if getattr(args, name, None) is not None}
+
+
+def load_raw_dataset(
+    modality: str,
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_split_name: str = "train",
+    streaming: bool = False,
+    train_dir: str | os.PathLike | None = None,
+    train_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset | IterableDataset:
+    """Load the raw training split of a Hub dataset, local files or (with no source) the embedded corpus.
+
+    Audio/image columns come back undecoded (paths or bytes); the ``prepare_*`` functions decode them.
+    """
+    if modality not in MODALITIES:
+        raise DataError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    given = [
+        n
+        for n, v in (("dataset_name", dataset_name), ("train_dir", train_dir), ("train_file", train_file))
+        if v
+    ]
+    if len(given) > 1:
+        raise DataError(f"give only one data source, got {' and '.join(given)}")
+    cache_dir = str(cache_dir) if cache_dir is not None else None
+    if dataset_name:
+        ds = datasets.load_dataset(
+            dataset_name,
+            dataset_config_name,
+            split=train_split_name,
+            streaming=streaming,
+            cache_dir=cache_dir,
+        )
+    elif modality == "text":
+        files = _text_files(train_dir, train_file) if (train_dir or train_file) else [build_text_corpus()]
+        builder = TEXT_BUILDERS.get(files[0].suffix.lower(), "text")
+        data_files = [str(f) for f in files]
+        ds = datasets.load_dataset(
+            builder, data_files=data_files, split="train", cache_dir=cache_dir, streaming=streaming
+        )
+    else:
+        column = DEFAULT_COLUMNS[modality][0]
+        if train_file:
+            rows = _merge_rows([_manifest_rows(Path(f), column) for f in _as_list(train_file)])
+        else:
+            default = build_speech_corpus if modality == "audio" else build_image_corpus
+            rows = _folder_rows(
+                Path(train_dir) if train_dir else default(), FILE_EXTENSIONS[modality], column
+            )
+        ds = _dataset_from_rows(rows, column)
+        ds = ds.to_iterable_dataset() if streaming else ds
+    return _disable_decoding(ds)
+
+
+def _as_list(value: Any) -> list:
+    return [value] if isinstance(value, str | os.PathLike) else list(value)
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what} {str(path)!r} does not exist")
+    return path
+
+
+def _text_files(train_dir: str | os.PathLike | None, train_file: Any) -> list[Path]:
+    if train_file:
+        return [_existing(Path(f), "train_file") for f in _as_list(train_file)]
+    files = sorted(p for p in _existing(Path(train_dir), "train_dir").rglob("*.txt") if not _hidden(p))
+    if not files:
+        raise DataError(f"train_dir {str(train_dir)!r} holds no .txt files")
+    return files
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith(".") for part in path.parts)
+
+
+def _read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``.csv``, ``.json`` (list of objects) or ``.jsonl`` file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            return list(csv.DictReader(f))
+        if path.suffix.lower() == ".jsonl":
+            return [json.loads(line) for line in f if line.strip()]
+        return json.load(f)
+
+
+def _manifest_rows(path: Path, column: str) -> dict[str, list]:
+    """Rows of a manifest; file paths are resolved against the manifest's folder (or a fairseq root)."""
+    _existing(path, "train_file")
+    if path.suffix.lower() not in {".tsv", ".csv", ".json", ".jsonl"}:
+        raise DataError(f"train_file {str(path)!r}: audio/image data needs a .csv/.jsonl/.json/.tsv manifest")
+    if path.suffix.lower() == ".tsv":  # fairseq: first line is the root, then "relative/path<TAB>frames"
+        root, *lines = path.read_text(encoding="utf-8").splitlines()
+        return {column: [str(Path(root) / line.split("\t")[0]) for line in lines if line.strip()]}
+    table = _read_table(path)
+    keys = list(table[0]) if table else []
+    key = next((k for k in ("file_name", "path", column) if k in keys), None)
+    if key is None:
+        raise DataError(f"manifest {str(path)!r} needs a 'file_name' or 'path' column; it has columns {keys}")
+    rows = {k: [row.get(k) for row in table] for k in keys if k != key}
+    rows[column] = [str(path.parent / (row[key] or "")) for row in table]  # "" → the folder → "missing"
+    return rows
+
+
+def _folder_rows(root: Path, extensions: frozenset[str], column: str) -> dict[str, list]:
+    """Files of a folder (imagefolder layout: first sub-folder = ``label``), or its metadata file."""
+    _existing(root, "train_dir")
+    for name in ("metadata.csv", "metadata.jsonl"):
+        if (root / name).exists():
+            return _manifest_rows(root / name, column)
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in extensions and not _hidden(p.relative_to(root))
+    )
+    if not files:
+        raise DataError(f"train_dir {str(root)!r} holds no files with extensions {sorted(extensions)}")
+    rows: dict[str, list] = {column: [str(p) for p in files]}
+    if all(len(p.relative_to(root).parts) > 1 for p in files):
+        rows["label"] = [p.relative_to(root).parts[0] for p in files]
+    return rows
+
+
+def _merge_rows(parts: list[dict[str, list]]) -> dict[str, list]:
+    keys = set.intersection(*(set(p) for p in parts))
+    return {k: [v for p in parts for v in p[k]] for k in sorted(keys)}
+
+
+def _dataset_from_rows(rows: dict[str, list], column: str) -> Dataset:
+    """In-memory dataset whose fingerprint also covers the files' sizes and times (cache invalidation)."""
+    ds = Dataset.from_dict(rows)
+    stamps = []
+    for path in rows[column]:
+        stat = os.stat(path) if os.path.exists(path) else None
+        stamps.append((path, stat.st_size, stat.st_mtime_ns) if stat else (path, None, None))
+    return Dataset(ds.data, info=ds.info, fingerprint=Hasher.hash((ds._fingerprint, stamps)))
+
+
+def _disable_decoding(ds: Dataset | IterableDataset) -> Dataset | IterableDataset:
+    """Cast Audio/Image columns to ``decode=False``: we decode with soundfile/PIL ourselves."""
+    for name, feature in (ds.features or {}).items():
+        if isinstance(feature, datasets.Audio | datasets.Image) and feature.decode:
+            ds = ds.cast_column(name, type(feature)(decode=False))
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared machinery: columns, cached maps, status filtering, file sources, padding
+
+
+def column_names(ds: Dataset | IterableDataset) -> list[str]:
+    """Column names; for a streaming dataset without known features, those of its first example."""
+    if ds.column_names is not None:
+        return list(ds.column_names)
+    first = next(iter(ds), None)
+    return list(first) if first is not None else []
+
+
+def resolve_column(ds: Dataset | IterableDataset, column: str | None, modality: str) -> str:
+    """The requested column, or the first typed/conventional one; a clear error when absent."""
+    names = column_names(ds)
+    if column is not None:
+        if column not in names:
+            raise DataError(f"column {column!r} does not exist in the dataset; available columns: {names}")
+        return column
+    typed = [n for n, f in (ds.features or {}).items() if isinstance(f, FEATURE_TYPES[modality])]
+    found = next((c for c in (*typed, *DEFAULT_COLUMNS[modality]) if c in names), None)
+    if found is None:
+        raise DataError(
+            f"no {modality} column found (looked for {list(DEFAULT_COLUMNS[modality])}); "
+            f"name it explicitly; available columns: {names}"
+        )
+    return found
+
+
+def _preprocess_dir(cache_dir: str | os.PathLike | None) -> Path:
+    path = Path(cache_dir) / "data2vec_hf" if cache_dir else cache_root() / "preprocessed"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _apply(
+    ds: Dataset | IterableDataset,
+    method: str,
+    function: Callable,
+    *,
+    cache_dir: str | os.PathLike | None,
+    num_proc: int | None = None,
+    desc: str | None = None,
+    **kwargs: Any,
+) -> Dataset | IterableDataset:
+    """``ds.map``/``ds.filter``; cached on disk, in-memory datasets included (explicit cache file)."""
+    if isinstance(ds, IterableDataset):
+        return getattr(ds, method)(function, **kwargs)
+    if not ds.cache_files:
+        fingerprint = Hasher.hash((ds._fingerprint, method, function, kwargs))
+        kwargs["cache_file_name"] = str(_preprocess_dir(cache_dir) / f"{method}-{fingerprint}.arrow")
+        kwargs["new_fingerprint"] = fingerprint
+    return getattr(ds, method)(function, num_proc=num_proc, desc=desc, **kwargs)
+
+
+def _keep_usable(ds: Dataset | IterableDataset, stats: DataStats) -> Dataset | IterableDataset:
+    """Drop the examples whose ``status`` is not kept, counting every status; remove ``status``."""
+    if isinstance(ds, IterableDataset):
+        return ds.filter(stats.record, input_columns=["status"]).remove_columns("status")
+    statuses = list(ds["status"])
+    kept = [i for i, status in enumerate(statuses) if stats.record(status)]
+    if not kept:
+        raise DataError(f"no usable examples left: {stats.summary()}")
+    ds = ds if len(kept) == len(statuses) else ds.select(kept)
+    return ds.remove_columns("status")
+
+
+def _open_source(value: Any) -> str | io.BytesIO:
+    """A path or in-memory file for a path, bytes or ``{"bytes", "path"}`` value."""
+    data, path = None, None
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+    elif isinstance(value, bytes | bytearray):
+        data = value
+    elif isinstance(value, str | os.PathLike):
+        path = value
+    else:
+        raise UnreadableError("unreadable", f"unsupported value of type {type(value).__name__}")
+    if data:
+        return io.BytesIO(data)
+    if path and os.path.isfile(path):
+        return os.fspath(path)
+    raise UnreadableError("missing", str(path))
+
+
+def _tensor(values: Any, dtype: np.dtype) -> torch.Tensor:
+    """A fresh tensor from a list, array or tensor (copies: dataset arrays may be read-only)."""
+    return torch.tensor(np.asarray(values, dtype=dtype))
+
+
+def pad_sequences(
+    sequences: Sequence[torch.Tensor], pad_value: float, pad_to_multiple_of: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D tensors to the longest (rounded up to a multiple); return (batch, attention_mask)."""
+    longest = max(len(s) for s in sequences)
+    if pad_to_multiple_of:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    batch = sequences[0].new_full((len(sequences), longest), pad_value)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        batch[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+    return batch, mask
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audio
+
+
+def feature_encoder_receptive_field(conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> int:
+    """Samples the convolutional feature encoder needs for one output frame (400 for wav2vec 2.0)."""
+    field_size, jump = 1, 1
+    for kernel, stride in zip(conv_kernel, conv_stride):
+        field_size += (kernel - 1) * jump
+        jump *= stride
+    return field_size
+
+
+def read_audio(value: Any) -> tuple[np.ndarray, int]:
+    """Decode a path, bytes, ``{"bytes", "path"}`` or ``{"array", "sampling_rate"}`` value with soundfile.
+
+    Returns mono float32 samples (channels averaged) and the file's sampling rate; raises
+    :class:`UnreadableError` for a missing, corrupt or non-finite file.
+    """
+    if isinstance(value, dict) and value.get("array") is not None:  # decoded: (time,) or (channels, time)
+        audio, rate = np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
+        audio = audio.mean(axis=0) if audio.ndim == 2 else audio
+    else:
+        import soundfile as sf
+
+        source = _open_source(value)
+        try:
+            audio, rate = sf.read(source, dtype="float32", always_2d=True)  # (time, channels)
+        except Exception as error:  # any decoder failure means the file is unusable
+            raise UnreadableError("unreadable", str(error)) from error
+        audio = audio.mean(axis=1)
+    if not np.isfinite(audio).all():
+        raise UnreadableError("unreadable", "non-finite samples")
+    return audio.astype(np.float32, copy=False), rate
+
+
+def zero_mean_unit_var(audio: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Per-clip normalisation, as fairseq's ``normalize: true`` (``F.layer_norm(wav, wav.shape)``)."""
+    return ((audio - audio.mean()) / np.sqrt(audio.var() + eps)).astype(np.float32)
+
+
+def _decode_audio(value: Any, sampling_rate: int, min_samples: int, normalize: bool) -> dict[str, Any]:
+    empty = np.zeros(0, dtype=np.float32)
+    try:
+        audio, rate = read_audio(value)
+    except UnreadableError as error:
+        return {"input_values": empty, "length": 0, "status": error.reason}
+    status = "ok" if rate == sampling_rate else "resampled"
+    audio = resample_audio(audio, rate, sampling_rate) if len(audio) else audio
+    if len(audio) < min_samples:
+        return {"input_values": empty, "length": len(audio), "status": "too_short"}
+    audio = zero_mean_unit_var(audio) if normalize else audio
+    return {"input_values": audio, "length": len(audio), "status": status}
+
+
+def prepare_audio_dataset(
+    raw: Dataset | IterableDataset,
+    *,
+    sampling_rate: int = 16000,
+    min_samples: int = 400,
+    normalize: bool = True,
+    audio_column: str | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[Dataset | IterableDataset, DataStats]:
+    """Decode, down-mix, resample, normalise; drop unreadable clips and clips < ``min_samples`` samples.
+
+    Returns a dataset with ``input_values`` (float32) and ``length`` (samples), and its statistics.
+    ``min_samples`` should be at least :func:`feature_encoder_receptive_field` of the model.
+    """
+    raw = _disable_decoding(raw)
+    column = resolve_column(raw, audio_column, "audio")
+    features = datasets.Features(
+        {
+            "input_values": datasets.List(datasets.Value("float32")),
+            "length": datasets.Value("int64"),
+            "status": datasets.Value("string"),
+        }
+    )
+    decode = functools.partial(
+        _decode_audio, sampling_rate=sampling_rate, min_samples=min_samples, normalize=normalize
+    )
+    ds = _apply(
+        raw, "map", decode, cache_dir=cache_dir, num_proc=num_proc, desc="Decoding audio",
+        input_columns=[column], remove_columns=column_names(raw), features=features,
+    )  # fmt: skip
+    stats = DataStats("audio", streaming=isinstance(ds, IterableDataset))
+    ds = _keep_usable(ds, stats)
+    if not stats.streaming:
+        ds = ds.with_format("numpy")
+        logger.info(stats.summary())
+    return ds, stats
+
+
+def random_crop(
+    audio: torch.Tensor, max_samples: int | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A random window of ``max_samples`` samples of a longer clip (shorter clips unchanged)."""
+    if max_samples is None or len(audio) <= max_samples:
+        return audio
+    start = int(torch.randint(0, len(audio) - max_samples + 1, (1,), generator=generator))
+    return audio[start : start + max_samples]
+
+
+@dataclass
+class AudioCollator:
+    """Randomly crops clips longer than ``max_samples`` and zero-pads the batch to its longest clip.
+
+    Returns ``input_values`` (float32, batch x time) and ``attention_mask`` (long, 1 = real sample).
+    """
+
+    max_samples: int | None = None
+    pad_to_multiple_of: int | None = None
+    generator: torch.Generator | None = None
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        clips = [
+            random_crop(_tensor(e["input_values"], np.float32), self.max_samples, self.generator)
+            for e in examples
+        ]
+        input_values, attention_mask = pad_sequences(clips, 0.0, self.pad_to_multiple_of)
+        return {"input_values": input_values, "attention_mask": attention_mask}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vision
+
+
+def build_image_transform(
+    image_size: int = 224,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    hflip: float = 0.5,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable:
+    """timm training transform: RandomResizedCrop(scale) + horizontal flip + ToTensor + Normalize.
+
+    The defaults are data2vec 2.0's / MAE's (scale 0.2-1, bicubic, ImageNet mean and std).
+    """
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=image_size,
+        is_training=True,
+        scale=crop_scale,
+        hflip=hflip,
+        color_jitter=None,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def read_image(value: Any):
+    """Decode a path, bytes, ``{"bytes", "path"}`` value or PIL image to an RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    source = _open_source(value)
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")  # decodes the whole file: truncated files fail here
+    except Exception as error:  # any decoder failure means the file is unusable
+        raise UnreadableError("unreadable", str(error)) from error
+
+
+def _image_status(value: Any) -> dict[str, str]:
+    try:
+        read_image(value)
+    except UnreadableError as error:
+        return {"status": error.reason}
+    return {"status": "ok"}
+
+
+def _transform_image(value: Any, transform: Callable) -> dict[str, Any]:
+    try:
+        return {"pixel_values": transform(read_image(value)).numpy(), "status": "ok"}
+    except UnreadableError as error:
+        return {"pixel_values": None, "status": error.reason}
+
+
+def _transform_batch(batch: dict[str, list], column: str, transform: Callable) -> dict[str, list]:
+    return {"pixel_values": [transform(read_image(value)) for value in batch[column]]}
+
+
+def prepare_image_dataset(
+    raw: Dataset | IterableDataset,
+    transform: Callable,
+    *,
+    image_column: str | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[Dataset | IterableDataset, DataStats]:
+    """Check every image decodes (cached; corrupt/missing ones skipped and counted), then apply
+    ``transform`` on the fly (fresh augmentation every epoch). Examples carry ``pixel_values``."""
+    raw = _disable_decoding(raw)
+    column = resolve_column(raw, image_column, "vision")
+    stats = DataStats("vision", streaming=isinstance(raw, IterableDataset))
+    if stats.streaming:
+        apply = functools.partial(_transform_image, transform=transform)
+        ds = raw.map(apply, input_columns=[column], remove_columns=column_names(raw))
+        return _keep_usable(ds, stats), stats
+    ds = _apply(
+        raw, "map", _image_status, cache_dir=cache_dir, num_proc=num_proc, desc="Checking images",
+        input_columns=[column],
+    )  # fmt: skip
+    ds = _keep_usable(ds, stats)
+    logger.info(stats.summary())
+    return ds.with_transform(functools.partial(_transform_batch, column=column, transform=transform)), stats
+
+
+@dataclass
+class ImageCollator:
+    """Stacks ``pixel_values`` (tensors or arrays, 3 x H x W) into a float32 batch."""
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pixels = [_tensor(e["pixel_values"], np.float32) for e in examples]
+        return {"pixel_values": torch.stack(pixels)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text
+
+
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as RoBERTa; "<mask>" is the last id
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    min_frequency: int = 2,
+    model_max_length: int = 512,
+):
+    """Train a byte-level BPE tokenizer (RoBERTa-style) and wrap it as ``PreTrainedTokenizerFast``.
+
+    Specials: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3 and ``<mask>`` = the last id (as RoBERTa);
+    a small corpus can yield fewer merges than asked, so size the model's vocabulary with
+    ``len(tokenizer)``. ``tokenizer(text)`` adds ``<s> ... </s>``. Saved with ``save_pretrained(out_dir)``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((t for t in texts if t.strip()), trainer)
+    tokenizer.add_special_tokens(["<mask>"])
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=model_max_length,
+    )
+    if out_dir is not None:
+        wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def _texts(ds: Dataset | IterableDataset, column: str, max_lines: int | None) -> Iterator[str]:
+    for i, example in enumerate(ds.select_columns([column])):
+        if max_lines is not None and i >= max_lines:
+            return
+        yield example[column] or ""
+
+
+def load_or_train_tokenizer(
+    tokenizer_name_or_path: str | os.PathLike | None,
+    raw: Dataset | IterableDataset,
+    out_dir: str | os.PathLike,
+    *,
+    vocab_size: int = 8192,
+    text_column: str | None = None,
+    max_lines: int | None = 1_000_000,
+):
+    """The named tokenizer; else the one already trained in ``out_dir`` (resume); else train a byte-level
+    BPE on the first ``max_lines`` lines of ``raw`` and save it to ``out_dir``."""
+    from transformers import AutoTokenizer
+
+    if tokenizer_name_or_path:
+        return AutoTokenizer.from_pretrained(tokenizer_name_or_path)
+    if (Path(out_dir) / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(out_dir)
+    column = resolve_column(raw, text_column, "text")
+    train_bpe_tokenizer(_texts(raw, column, max_lines), vocab_size, out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)  # the same object type as on resume (stable cache hashes)
+
+
+def _not_empty(lines: list[str | None]) -> list[bool]:
+    return [bool(line and line.strip()) for line in lines]
+
+
+def _tokenize_and_group(
+    lines: list[str], tokenizer: Any, block_size: int, bos: int, eos: int
+) -> dict[str, list]:
+    """Tokenize lines, join them with ``</s>`` and cut the stream into ``<s> ... </s>`` blocks."""
+    ids = tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]
+    stream = [token for line in ids for token in (*line, eos)]
+    body = block_size - 2
+    chunks = (stream[i : i + body] for i in range(0, len(stream), body))
+    return {"input_ids": [[bos, *chunk] + ([eos] if chunk[-1] != eos else []) for chunk in chunks]}
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, int]:
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    missing = [
+        n for n, i in (("bos/cls", bos), ("eos/sep", eos), ("pad", tokenizer.pad_token_id)) if i is None
+    ]
+    if tokenizer.mask_token_id is None:
+        missing.append("mask")
+    if missing:
+        raise DataError(
+            f"the tokenizer has no {', '.join(missing)} token; data2vec text pretraining needs them"
+        )
+    return bos, eos
+
+
+def prepare_text_dataset(
+    raw: Dataset | IterableDataset,
+    tokenizer: Any,
+    *,
+    max_seq_length: int = 512,
+    text_column: str | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[Dataset | IterableDataset, DataStats]:
+    """Drop empty lines (counted), tokenize, and pack the token stream into ``<s> ... </s>`` blocks of at
+    most ``max_seq_length`` tokens (lines separated by ``</s>``). Examples carry ``input_ids``."""
+    if max_seq_length < 3:
+        raise DataError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    column = resolve_column(raw, text_column, "text")
+    bos, eos = _special_ids(tokenizer)
+    stats = DataStats("text", streaming=isinstance(raw, IterableDataset))
+    if stats.streaming:
+        lines = raw.filter(
+            lambda line: stats.record("ok" if _not_empty([line])[0] else "empty"), input_columns=[column]
+        )
+    else:
+        lines = _apply(
+            raw, "filter", _not_empty, cache_dir=cache_dir, num_proc=num_proc, desc="Dropping empty lines",
+            input_columns=[column], batched=True,
+        )  # fmt: skip
+        stats.kept = len(lines)
+        if len(raw) > len(lines):
+            stats.skipped["empty"] = len(raw) - len(lines)
+    group = functools.partial(
+        _tokenize_and_group, tokenizer=tokenizer, block_size=max_seq_length, bos=bos, eos=eos
+    )
+    blocks = _apply(
+        lines, "map", group, cache_dir=cache_dir, num_proc=num_proc, desc="Tokenizing and grouping",
+        input_columns=[column], batched=True, remove_columns=column_names(raw),
+    )  # fmt: skip
+    if not stats.streaming:
+        if len(blocks) == 0:
+            raise DataError(f"no text left to train on: {stats.summary()}")
+        stats.notes["blocks"] = len(blocks)
+        logger.info(stats.summary())
+    return blocks, stats
+
+
+@dataclass
+class TextCollator:
+    """Pads ``input_ids`` with ``pad_token_id``; returns ``input_ids`` and ``attention_mask`` (long)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [_tensor(e["input_ids"], np.int64) for e in examples]
+        input_ids, attention_mask = pad_sequences(ids, self.pad_token_id, self.pad_to_multiple_of)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}

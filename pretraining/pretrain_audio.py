@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""data2vec audio pretraining: ``accelerate launch pretraining/pretrain_audio.py --output_dir DIR [...]``.
+
+Audio files are decoded with soundfile, mixed to mono and **resampled** to ``--sampling_rate`` when
+their rate differs; clips shorter than the feature encoder's receptive field are skipped (counted),
+longer ones randomly cropped to ``--max_length_seconds``. See ``--help`` for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transformers import Wav2Vec2FeatureExtractor
+
+from data2vec_hf import Data2VecAudioForPreTraining
+from data2vec_hf.data2vec_audio import sample_audio_masks
+from data2vec_hf.pretraining.data import (
+    AudioCollator,
+    data_source_kwargs,
+    feature_encoder_receptive_field,
+    load_raw_dataset,
+    prepare_audio_dataset,
+)
+from data2vec_hf.pretraining.trainer import ModalitySpec, run
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--audio_column", default=None, help="audio column (default: audio/file/path/file_name)")
+    group.add_argument("--sampling_rate", type=int, default=16000, help="audio is resampled to this rate")
+    group.add_argument("--max_length_seconds", type=float, default=20.0, help="longer clips are randomly cropped")
+    group.add_argument("--min_length_seconds", type=float, default=0.0, help="shorter clips are skipped (never shorter than the receptive field)")
+    group.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True, help="zero mean, unit variance per clip")
+
+
+def build_data(args, config, accelerator):
+    receptive_field = feature_encoder_receptive_field(config.conv_kernel, config.conv_stride)
+    min_samples = max(receptive_field, int(args.min_length_seconds * args.sampling_rate))
+    raw = load_raw_dataset("audio", **data_source_kwargs(args))
+    dataset, stats = prepare_audio_dataset(
+        raw,
+        sampling_rate=args.sampling_rate,
+        min_samples=min_samples,
+        normalize=args.normalize,
+        audio_column=args.audio_column,
+        num_proc=args.preprocessing_num_workers,
+        cache_dir=args.cache_dir,
+    )
+    if args.max_train_samples is not None and not stats.streaming:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    processor = Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=args.sampling_rate,
+        padding_value=0.0,
+        do_normalize=args.normalize,
+        return_attention_mask=True,
+    )
+    return dataset, AudioCollator(max_samples=int(args.max_length_seconds * args.sampling_rate)), processor
+
+
+SPEC = ModalitySpec(
+    name="audio",
+    model_classes={1: Data2VecAudioForPreTraining},
+    # fairseq examples/data2vec/config/audio/pretraining/base_librispeech.yaml
+    defaults=dict(
+        learning_rate=5e-4,
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        adam_epsilon=1e-6,
+        max_grad_norm=0.0,
+        lr_scheduler_type="tri_stage",
+        warmup_fraction=0.03,
+    ),
+    add_arguments=add_arguments,
+    build_data=build_data,
+    sample_masks=sample_audio_masks,
+)
+
+
+def main(argv=None) -> int:
+    return run(SPEC, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

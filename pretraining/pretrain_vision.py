@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""data2vec vision pretraining: ``accelerate launch pretraining/pretrain_vision.py --output_dir DIR [...]``.
+
+Images are decoded with PIL (corrupt files skipped and counted) and augmented with timm's random
+resized crop + horizontal flip at the model's ``image_size``. See ``--help`` for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transformers import BeitImageProcessor
+
+from data2vec_hf import Data2VecVisionForPreTraining
+from data2vec_hf.data2vec_vision import sample_vision_masks
+from data2vec_hf.pretraining.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageCollator,
+    build_image_transform,
+    data_source_kwargs,
+    load_raw_dataset,
+    prepare_image_dataset,
+)
+from data2vec_hf.pretraining.trainer import ModalitySpec, run
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--image_column", default=None, help="image column (default: image/img/file_name/path)")
+    group.add_argument("--crop_min_scale", type=float, default=0.08, help="smallest area fraction of the random resized crop")
+    group.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+
+
+def build_data(args, config, accelerator):
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    transform = build_image_transform(size, crop_scale=(args.crop_min_scale, 1.0), hflip=args.hflip)
+    raw = load_raw_dataset("vision", **data_source_kwargs(args))
+    dataset, stats = prepare_image_dataset(
+        raw, transform, image_column=args.image_column, num_proc=args.preprocessing_num_workers, cache_dir=args.cache_dir
+    )
+    if args.max_train_samples is not None and not stats.streaming:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    processor = BeitImageProcessor(
+        size={"height": size, "width": size},
+        do_center_crop=False,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+    return dataset, ImageCollator(), processor
+
+
+SPEC = ModalitySpec(
+    name="vision",
+    model_classes={1: Data2VecVisionForPreTraining},
+    # fairseq examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml
+    defaults=dict(
+        learning_rate=5e-4,
+        weight_decay=0.05,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=3.0,
+        lr_scheduler_type="cosine",
+        warmup_fraction=12510 / 375300,
+    ),
+    add_arguments=add_arguments,
+    build_data=build_data,
+    sample_masks=sample_vision_masks,
+)
+
+
+def main(argv=None) -> int:
+    return run(SPEC, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
