@@ -526,11 +526,16 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
     parser = build_parser(spec)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from .data import DataError
+
     try:
         train(spec, args)
     except TrainingStopped as stop:
         print(f"\ntraining stopped: {stop}", file=sys.stderr, flush=True)
         return 1
+    except DataError as error:  # bad input data: say what is wrong, no traceback into the pipeline
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
@@ -538,7 +543,12 @@ def train(spec: ModalitySpec, args) -> None:
     output_dir = check_output_dir(args)
     checkpoint_dir = output_dir / "checkpoints"
     accelerator = Accelerator(
+        # without an accelerator device, several launched processes must still form a (gloo) group:
+        # accelerate only does that when told it runs on CPU
+        cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # the schedule counts optimizer updates; accelerate would otherwise step it once per process
+        step_scheduler_with_optimizer=False,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
         project_config=ProjectConfiguration(
@@ -567,6 +577,9 @@ def train(spec: ModalitySpec, args) -> None:
         shuffle=not streaming,
         collate_fn=collator,
         num_workers=args.dataloader_num_workers,
+        # its own generator: creating an iterator (also when resuming) must not draw from the global RNG,
+        # whose restored state drives dropout after a resume
+        generator=torch.Generator().manual_seed(args.seed),
         drop_last=False,
     )
 
@@ -720,6 +733,7 @@ def train(spec: ModalitySpec, args) -> None:
     export(accelerator, model, processor, args, spec, progress, last_metrics)
     if accelerator.is_main_process:
         summary = {
+            "num_processes": accelerator.num_processes,
             "updates": progress.num_updates,
             "skipped_nonfinite_updates": progress.nonfinite_total,
             "first": progress.first_metrics,
