@@ -368,6 +368,7 @@ class Progress:
     nonfinite_total: int = 0
     samples_seen: int = 0
     first_metrics: dict | None = None
+    history: list = dataclasses.field(default_factory=list)  # (update, loss, target_var) every logging step
 
     def state_dict(self):
         return dataclasses.asdict(self)
@@ -705,6 +706,10 @@ def train(spec: ModalitySpec, args) -> None:
                 )
                 if args.with_tracking and progress.num_updates % args.logging_steps == 0:
                     accelerator.log(last_metrics, step=progress.num_updates)
+                if progress.num_updates % args.logging_steps == 0:
+                    progress.history.append(
+                        (progress.num_updates, last_metrics["loss"], last_metrics["target_var"])
+                    )
                 if progress.num_updates % args.logging_steps == 0 and accelerator.is_main_process:
                     logger.info(
                         "update %d: %s",
@@ -737,6 +742,7 @@ def train(spec: ModalitySpec, args) -> None:
             "updates": progress.num_updates,
             "skipped_nonfinite_updates": progress.nonfinite_total,
             "first": progress.first_metrics,
+            "history": progress.history,
             "last": last_metrics,
         }
         (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2))
