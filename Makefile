@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `import torchvision` (and with it timm), so the two are pinned as a pair.
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install system-deps test lint demo bench clean
+.PHONY: install system-deps test lint demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,14 +29,12 @@ test: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check modeling pretraining conversion finetuning benchmarks tests
-	$(VENV)/bin/ruff format --check modeling pretraining conversion finetuning benchmarks tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) pretraining/demo.py
 
-bench: install
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-
 from data2vec_hf import (
     Data2VecAudioForPreTraining,
     Data2VecAudioPreTrainingConfig,
@@ -73,11 +72,19 @@ def _objective_fields(model_cfg: Mapping) -> dict:
 
 def audio_config(model_cfg: Mapping) -> Data2VecAudioPreTrainingConfig:
     """Translate a fairseq ``data2vec_audio`` model config."""
-    _require(model_cfg.get("extractor_mode", "layer_norm") == "layer_norm", "only extractor_mode=layer_norm exists in transformers' Data2VecAudio")
-    _require(not model_cfg.get("layer_norm_first", False), "layer_norm_first=True has no transformers Data2VecAudio equivalent")
+    _require(
+        model_cfg.get("extractor_mode", "layer_norm") == "layer_norm",
+        "only extractor_mode=layer_norm exists in transformers' Data2VecAudio",
+    )
+    _require(
+        not model_cfg.get("layer_norm_first", False),
+        "layer_norm_first=True has no transformers Data2VecAudio equivalent",
+    )
     conv_layers = safe_literal(model_cfg["conv_feature_layers"])
     depth = model_cfg.get("pos_conv_depth", 1)
-    _require(depth > 1, "pos_conv_depth=1 (wav2vec-style weight-normed positional conv) is not data2vec's layout")
+    _require(
+        depth > 1, "pos_conv_depth=1 (wav2vec-style weight-normed positional conv) is not data2vec's layout"
+    )
     return Data2VecAudioPreTrainingConfig(
         hidden_size=model_cfg["encoder_embed_dim"],
         num_hidden_layers=model_cfg["encoder_layers"],
@@ -121,11 +128,20 @@ def _encoder_layer_rules(src: str, dst: str) -> list[tuple[str, str]]:
 AUDIO_MAPPING = KeyMapping(
     rules=[
         (r"mask_emb", "data2vec_audio.masked_spec_embed"),
-        (r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)", r"data2vec_audio.feature_extractor.conv_layers.\1.conv.\2"),
-        (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)", r"data2vec_audio.feature_extractor.conv_layers.\1.layer_norm.\2"),
+        (
+            r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)",
+            r"data2vec_audio.feature_extractor.conv_layers.\1.conv.\2",
+        ),
+        (
+            r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
+            r"data2vec_audio.feature_extractor.conv_layers.\1.layer_norm.\2",
+        ),
         (r"layer_norm\.(weight|bias)", r"data2vec_audio.feature_projection.layer_norm.\1"),
         (r"post_extract_proj\.(weight|bias)", r"data2vec_audio.feature_projection.projection.\1"),
-        (r"encoder\.pos_conv\.(\d+)\.0\.(weight|bias)", r"data2vec_audio.encoder.pos_conv_embed.layers.\1.conv.\2"),
+        (
+            r"encoder\.pos_conv\.(\d+)\.0\.(weight|bias)",
+            r"data2vec_audio.encoder.pos_conv_embed.layers.\1.conv.\2",
+        ),
         *_encoder_layer_rules(r"encoder\.", "data2vec_audio.encoder."),
         (r"final_proj\.(weight|bias)", r"final_proj.\1"),
         *_encoder_layer_rules(r"_ema/", "teacher.model."),
@@ -138,14 +154,30 @@ AUDIO_MAPPING = KeyMapping(
 # ----------------------------------------------------------------------------------------------- text
 
 
-def text_config(model_cfg: Mapping, task_cfg: Mapping | None, state: Mapping[str, torch.Tensor], mask_token_id: int | None = None) -> Data2VecTextPreTrainingConfig:
+def text_config(
+    model_cfg: Mapping,
+    task_cfg: Mapping | None,
+    state: Mapping[str, torch.Tensor],
+    mask_token_id: int | None = None,
+) -> Data2VecTextPreTrainingConfig:
     """Translate a fairseq ``data2vec_text`` model (+ ``masked_lm`` task) config."""
     transformer = model_cfg["transformer"]
     encoder = transformer["encoder"]
-    _require(not encoder.get("normalize_before", False), "normalize_before=True has no transformers Data2VecText equivalent")
-    _require(transformer.get("layernorm_embedding", False), "layernorm_embedding=False has no transformers Data2VecText equivalent")
-    _require(transformer.get("no_scale_embedding", False), "scaled embeddings have no transformers Data2VecText equivalent")
-    _require(encoder.get("learned_pos", False), "sinusoidal positions have no transformers Data2VecText equivalent")
+    _require(
+        not encoder.get("normalize_before", False),
+        "normalize_before=True has no transformers Data2VecText equivalent",
+    )
+    _require(
+        transformer.get("layernorm_embedding", False),
+        "layernorm_embedding=False has no transformers Data2VecText equivalent",
+    )
+    _require(
+        transformer.get("no_scale_embedding", False),
+        "scaled embeddings have no transformers Data2VecText equivalent",
+    )
+    _require(
+        encoder.get("learned_pos", False), "sinusoidal positions have no transformers Data2VecText equivalent"
+    )
     vocab_size, _ = state["encoder.sentence_encoder.embed_tokens.weight"].shape
     num_positions, _ = state["encoder.sentence_encoder.embed_positions.weight"].shape
     task_cfg = task_cfg or {}
@@ -196,9 +228,18 @@ def _text_layer_rules(src: str, dst: str) -> list[tuple[str, str]]:
 
 TEXT_MAPPING = KeyMapping(
     rules=[
-        (r"encoder\.sentence_encoder\.embed_tokens\.weight", "data2vec_text.embeddings.word_embeddings.weight"),
-        (r"encoder\.sentence_encoder\.embed_positions\.weight", "data2vec_text.embeddings.position_embeddings.weight"),
-        (r"encoder\.sentence_encoder\.layernorm_embedding\.(weight|bias)", r"data2vec_text.embeddings.LayerNorm.\1"),
+        (
+            r"encoder\.sentence_encoder\.embed_tokens\.weight",
+            "data2vec_text.embeddings.word_embeddings.weight",
+        ),
+        (
+            r"encoder\.sentence_encoder\.embed_positions\.weight",
+            "data2vec_text.embeddings.position_embeddings.weight",
+        ),
+        (
+            r"encoder\.sentence_encoder\.layernorm_embedding\.(weight|bias)",
+            r"data2vec_text.embeddings.LayerNorm.\1",
+        ),
         *_text_layer_rules(r"encoder\.sentence_encoder\.", "data2vec_text."),
         (r"encoder\.regression_head\.(\d+)\.(weight|bias)", r"regression_head.\1.\2"),
         *_text_layer_rules(r"encoder\._ema/", "teacher.model."),
@@ -225,21 +266,35 @@ def audio_model_from_fairseq(checkpoint: Mapping) -> Data2VecAudioForPreTraining
     """A :class:`Data2VecAudioForPreTraining` holding the fairseq student, head and teacher weights."""
     config = audio_config(checkpoint["cfg"]["model"])
     state = fairseq_state_dict(checkpoint)
-    _require("_ema/layer_norm.weight" in state or not any(k.startswith("_ema") for k in state), "incomplete _ema teacher")
+    _require(
+        "_ema/layer_norm.weight" in state or not any(k.startswith("_ema") for k in state),
+        "incomplete _ema teacher",
+    )
     model = Data2VecAudioForPreTraining(config)
     if not any(k.startswith("_ema/") for k in state):  # fine-tuned or EMA-less file: teacher = student
-        state.update({f"_ema/{k[len('encoder.'):]}": v for k, v in state.items() if k.startswith("encoder.")})
+        state.update(
+            {f"_ema/{k[len('encoder.') :]}": v for k, v in state.items() if k.startswith("encoder.")}
+        )
     return _load_into(model.eval(), state, AUDIO_MAPPING)
 
 
-def text_model_from_fairseq(checkpoint: Mapping, mask_token_id: int | None = None) -> Data2VecTextForPreTraining:
+def text_model_from_fairseq(
+    checkpoint: Mapping, mask_token_id: int | None = None
+) -> Data2VecTextForPreTraining:
     """A :class:`Data2VecTextForPreTraining` holding the fairseq student, head and teacher weights."""
     state = fairseq_state_dict(checkpoint)
     config = text_config(checkpoint["cfg"]["model"], checkpoint["cfg"].get("task"), state, mask_token_id)
     model = Data2VecTextForPreTraining(config)
     if not any(k.startswith("encoder._ema/") for k in state):
         prefix = "encoder.sentence_encoder."
-        state.update({f"encoder._ema/{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)})
+        state.update(
+            {f"encoder._ema/{k[len(prefix) :]}": v for k, v in state.items() if k.startswith(prefix)}
+        )
     # fairseq has no token-type embedding; a single zero row makes transformers' sum a no-op
     token_types = torch.zeros(1, config.hidden_size)
-    return _load_into(model.eval(), state, TEXT_MAPPING, {"data2vec_text.embeddings.token_type_embeddings.weight": token_types})
+    return _load_into(
+        model.eval(),
+        state,
+        TEXT_MAPPING,
+        {"data2vec_text.embeddings.token_type_embeddings.weight": token_types},
+    )

@@ -63,7 +63,9 @@ def sample_audio_masks(config, batch: dict, generators: list[torch.Generator]) -
     input_values = batch["input_values"]
     total = num_frames(config, torch.tensor(input_values.shape[-1])).item()
     lengths = batch.get("attention_mask")
-    lengths = lengths.sum(-1) if lengths is not None else torch.full((len(input_values),), input_values.shape[-1])
+    lengths = (
+        lengths.sum(-1) if lengths is not None else torch.full((len(input_values),), input_values.shape[-1])
+    )
     frames = num_frames(config, lengths)
     rows = [
         compute_span_mask(
@@ -137,7 +139,9 @@ class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrai
             mask_time_indices = self.sample_mask(batch_size, num_frames, frame_mask)
         mask = mask_time_indices.to(device=hidden.device, dtype=torch.bool)
         if mask.shape != (batch_size, num_frames):
-            raise ValueError(f"mask_time_indices has shape {tuple(mask.shape)}, expected {(batch_size, num_frames)}")
+            raise ValueError(
+                f"mask_time_indices has shape {tuple(mask.shape)}, expected {(batch_size, num_frames)}"
+            )
 
         student_input = torch.where(mask.unsqueeze(-1), backbone.masked_spec_embed.to(hidden.dtype), hidden)
         encoded = backbone.encoder(student_input, attention_mask=frame_mask).last_hidden_state

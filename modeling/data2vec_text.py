@@ -143,7 +143,10 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
 
     def sample_mask(self, input_ids, attention_mask=None, generator=None):
         """Mask ``input_ids`` with the config's probabilities; returns ``(masked_ids, labels)``."""
-        batch = {"input_ids": input_ids.cpu(), "attention_mask": None if attention_mask is None else attention_mask.cpu()}
+        batch = {
+            "input_ids": input_ids.cpu(),
+            "attention_mask": None if attention_mask is None else attention_mask.cpu(),
+        }
         masked = sample_text_masks(self.config, batch, [generator] * len(input_ids))
         return masked["input_ids"].to(input_ids.device), masked["labels"].to(input_ids.device)
 

@@ -47,9 +47,7 @@ def compute_span_mask(
         raise ValueError(f"mask_length must be >= 1, got {mask_length}")
     if not 0.0 <= mask_prob <= 1.0:
         raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
-    lengths = (
-        attention_mask.long().sum(-1).tolist() if attention_mask is not None else [seq_len] * batch_size
-    )
+    lengths = attention_mask.long().sum(-1).tolist() if attention_mask is not None else [seq_len] * batch_size
     mask = torch.zeros(batch_size, seq_len, dtype=torch.bool)
     for row, length in enumerate(lengths):
         num_starts = length - mask_length + 1
@@ -92,7 +90,9 @@ class BlockMaskGenerator:
     def _add_block(self, mask: torch.Tensor, max_patches: int, generator, blocks: list) -> int:
         for _ in range(10):
             target_area = self.min_num_patches + _uniform(generator) * (max_patches - self.min_num_patches)
-            log_ratio = self._log_aspect[0] + _uniform(generator) * (self._log_aspect[1] - self._log_aspect[0])
+            log_ratio = self._log_aspect[0] + _uniform(generator) * (
+                self._log_aspect[1] - self._log_aspect[0]
+            )
             aspect = math.exp(log_ratio)
             h = int(round(math.sqrt(target_area * aspect)))
             w = int(round(math.sqrt(target_area / aspect)))

@@ -118,7 +118,9 @@ class Data2VecPreTrainingMixin:
                 f"average_top_k_layers={cfg.average_top_k_layers} must be between 1 and num_hidden_layers="
                 f"{cfg.num_hidden_layers}; set it in the config (or pass average_top_k_layers=... to from_pretrained)"
             )
-        self.teacher = EMATeacher(self.teacher_source(), shared=self.teacher_shared, fp32=self.config.ema_fp32)
+        self.teacher = EMATeacher(
+            self.teacher_source(), shared=self.teacher_shared, fp32=self.config.ema_fp32
+        )
 
     def reset_teacher(self) -> None:
         """Make the teacher an exact copy of the student (done at init and when loading a backbone)."""

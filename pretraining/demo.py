@@ -24,9 +24,15 @@ SMALL_MODEL = (
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default="demo_output/audio", help="where the demo model is written (replaced)")
-    parser.add_argument("--max_train_steps", type=int, default=100, help="optimizer updates (about 2 s each on 2 cores)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir", default="demo_output/audio", help="where the demo model is written (replaced)"
+    )
+    parser.add_argument(
+        "--max_train_steps", type=int, default=100, help="optimizer updates (about 2 s each on 2 cores)"
+    )
     args = parser.parse_args()
 
     output_dir = Path(args.output_dir)
@@ -43,7 +49,11 @@ def main() -> int:
         "--logging_steps", "10",
         "--checkpointing_steps", "50",
     ]  # fmt: skip
-    print("$ accelerate launch pretraining/pretrain_audio.py " + " ".join(command[command.index("--output_dir") :]), flush=True)
+    print(
+        "$ accelerate launch pretraining/pretrain_audio.py "
+        + " ".join(command[command.index("--output_dir") :]),
+        flush=True,
+    )
     started = time.perf_counter()
     subprocess.run(command, check=True)
     minutes = (time.perf_counter() - started) / 60
@@ -51,9 +61,8 @@ def main() -> int:
     # Load the result the way a user would: plain transformers, no data2vec_hf import needed for v1.
     import soundfile
     import torch
-    from transformers import AutoFeatureExtractor, AutoModel
-
     from data2vec_hf.pretraining.corpora import build_speech_corpus
+    from transformers import AutoFeatureExtractor, AutoModel
 
     model = AutoModel.from_pretrained(output_dir).eval()
     extractor = AutoFeatureExtractor.from_pretrained(output_dir)
@@ -71,7 +80,9 @@ def main() -> int:
 
     print("\n=== data2vec audio demo ===")
     print(f"trained {summary['updates']} updates in {minutes:.1f} min; output: {output_dir}")
-    print(f"AutoModel.from_pretrained -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
+    print(
+        f"AutoModel.from_pretrained -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)"
+    )
     print(f"{clip.name}: {len(audio) / rate:.2f} s of speech -> hidden states {tuple(hidden.shape)}")
     print(f"regression loss (mean of first 3 vs last 3 logged): {mean(head, 1):.3f} -> {mean(tail, 1):.3f}")
     print(f"target std over features (collapse monitor):         {mean(head, 2):.3f} -> {mean(tail, 2):.3f}")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from transformers import Wav2Vec2FeatureExtractor
-
 from data2vec_hf import Data2VecAudioForPreTraining
 from data2vec_hf.data2vec_audio import sample_audio_masks
 from data2vec_hf.pretraining.data import (
@@ -23,14 +21,29 @@ from data2vec_hf.pretraining.data import (
     prepare_audio_dataset,
 )
 from data2vec_hf.pretraining.trainer import ModalitySpec, run
+from transformers import Wav2Vec2FeatureExtractor
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--audio_column", default=None, help="audio column (default: audio/file/path/file_name)")
+    group.add_argument(
+        "--audio_column", default=None, help="audio column (default: audio/file/path/file_name)"
+    )
     group.add_argument("--sampling_rate", type=int, default=16000, help="audio is resampled to this rate")
-    group.add_argument("--max_length_seconds", type=float, default=20.0, help="longer clips are randomly cropped")
-    group.add_argument("--min_length_seconds", type=float, default=0.0, help="shorter clips are skipped (never shorter than the receptive field)")
-    group.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True, help="zero mean, unit variance per clip")
+    group.add_argument(
+        "--max_length_seconds", type=float, default=20.0, help="longer clips are randomly cropped"
+    )
+    group.add_argument(
+        "--min_length_seconds",
+        type=float,
+        default=0.0,
+        help="shorter clips are skipped (never shorter than the receptive field)",
+    )
+    group.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="zero mean, unit variance per clip",
+    )
 
 
 def build_data(args, config, accelerator):

@@ -26,16 +26,29 @@ from data2vec_hf.pretraining.trainer import ModalitySpec, run
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--text_column", default=None, help="text column (default: text/sentence/content)")
-    group.add_argument("--tokenizer_name", default=None, help="tokenizer name or path (default: train a BPE tokenizer on the corpus)")
-    group.add_argument("--bpe_vocab_size", type=int, default=8192, help="vocabulary size of the trained BPE tokenizer")
-    group.add_argument("--max_seq_length", type=int, default=512, help="tokens per training block (at most max_position_embeddings - 2)")
+    group.add_argument(
+        "--tokenizer_name",
+        default=None,
+        help="tokenizer name or path (default: train a BPE tokenizer on the corpus)",
+    )
+    group.add_argument(
+        "--bpe_vocab_size", type=int, default=8192, help="vocabulary size of the trained BPE tokenizer"
+    )
+    group.add_argument(
+        "--max_seq_length",
+        type=int,
+        default=512,
+        help="tokens per training block (at most max_position_embeddings - 2)",
+    )
 
 
 def prepare_config(args, config):
     """Load (or train) the tokenizer and make the config's vocabulary and special ids match it."""
     raw = load_raw_dataset("text", **data_source_kwargs(args))
     tokenizer = load_or_train_tokenizer(
-        args.tokenizer_name or args.model_name_or_path if _has_tokenizer(args.model_name_or_path) else args.tokenizer_name,
+        args.tokenizer_name or args.model_name_or_path
+        if _has_tokenizer(args.model_name_or_path)
+        else args.tokenizer_name,
         raw,
         Path(args.output_dir) / "tokenizer",
         vocab_size=args.bpe_vocab_size,
@@ -58,7 +71,9 @@ def prepare_config(args, config):
     for key, value in ids.items():
         setattr(config, key, value)
     if args.max_seq_length > config.max_position_embeddings - 2:
-        raise SystemExit(f"error: --max_seq_length {args.max_seq_length} exceeds max_position_embeddings - 2 = {config.max_position_embeddings - 2}")
+        raise SystemExit(
+            f"error: --max_seq_length {args.max_seq_length} exceeds max_position_embeddings - 2 = {config.max_position_embeddings - 2}"
+        )
     args.raw_text, args.tokenizer = raw, tokenizer
     return config
 

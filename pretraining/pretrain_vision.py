@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from transformers import BeitImageProcessor
-
 from data2vec_hf import Data2VecVisionForPreTraining
 from data2vec_hf.data2vec_vision import sample_vision_masks
 from data2vec_hf.pretraining.data import (
@@ -24,11 +22,16 @@ from data2vec_hf.pretraining.data import (
     prepare_image_dataset,
 )
 from data2vec_hf.pretraining.trainer import ModalitySpec, run
+from transformers import BeitImageProcessor
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--image_column", default=None, help="image column (default: image/img/file_name/path)")
-    group.add_argument("--crop_min_scale", type=float, default=0.08, help="smallest area fraction of the random resized crop")
+    group.add_argument(
+        "--image_column", default=None, help="image column (default: image/img/file_name/path)"
+    )
+    group.add_argument(
+        "--crop_min_scale", type=float, default=0.08, help="smallest area fraction of the random resized crop"
+    )
     group.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
 
 
@@ -37,7 +40,11 @@ def build_data(args, config, accelerator):
     transform = build_image_transform(size, crop_scale=(args.crop_min_scale, 1.0), hflip=args.hflip)
     raw = load_raw_dataset("vision", **data_source_kwargs(args))
     dataset, stats = prepare_image_dataset(
-        raw, transform, image_column=args.image_column, num_proc=args.preprocessing_num_workers, cache_dir=args.cache_dir
+        raw,
+        transform,
+        image_column=args.image_column,
+        num_proc=args.preprocessing_num_workers,
+        cache_dir=args.cache_dir,
     )
     if args.max_train_samples is not None and not stats.streaming:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))

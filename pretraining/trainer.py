@@ -448,10 +448,9 @@ def check_output_dir(args) -> Path:
 def export(accelerator, model, processor, args, spec: ModalitySpec, progress: Progress, last_metrics: dict):
     """Write the student encoder (a plain transformers checkpoint for v1), its processor, the full
     pretraining checkpoint in ``pretraining_model/`` and a model card; push when asked."""
-    from huggingface_hub import ModelCardData
-
     from data2vec_hf.cards import render_model_card
     from data2vec_hf.hub import push_folder_to_hub
+    from huggingface_hub import ModelCardData
 
     if not accelerator.is_main_process:
         return

@@ -84,7 +84,12 @@ def text_inputs(generator):
 
 MODALITIES = {
     "audio": (data2vec_hf.Data2VecAudioForPreTraining, tiny_audio_config, audio_inputs, "mask_time_indices"),
-    "vision": (data2vec_hf.Data2VecVisionForPreTraining, tiny_vision_config, vision_inputs, "bool_masked_pos"),
+    "vision": (
+        data2vec_hf.Data2VecVisionForPreTraining,
+        tiny_vision_config,
+        vision_inputs,
+        "bool_masked_pos",
+    ),
     "text": (data2vec_hf.Data2VecTextForPreTraining, tiny_text_config, text_inputs, "masked_positions"),
 }
 

@@ -7,13 +7,12 @@ import os
 import pytest
 import torch
 from conftest import REFERENCE_DIR
-from safetensors.torch import load_file
-
 from data2vec_hf.conversion.fairseq_v1 import (
     audio_model_from_fairseq,
     load_fairseq_checkpoint,
     text_model_from_fairseq,
 )
+from safetensors.torch import load_file
 
 TOLERANCE = 1e-4
 
@@ -21,8 +20,12 @@ TOLERANCE = 1e-4
 def reference(name):
     checkpoint = os.path.join(REFERENCE_DIR, f"{name}.pt")
     if not os.path.exists(checkpoint):
-        pytest.fail(f"reference data missing: {checkpoint} (shared/reference/fairseq must sit beside the repo)")
-    return load_fairseq_checkpoint(checkpoint), load_file(os.path.join(REFERENCE_DIR, f"{name}.outputs.safetensors"))
+        pytest.fail(
+            f"reference data missing: {checkpoint} (shared/reference/fairseq must sit beside the repo)"
+        )
+    return load_fairseq_checkpoint(checkpoint), load_file(
+        os.path.join(REFERENCE_DIR, f"{name}.outputs.safetensors")
+    )
 
 
 def max_diff(a, b):
@@ -46,7 +49,9 @@ def text():
 def test_audio_encoder_outputs(audio):
     model, ref = audio
     assert max_diff(model.data2vec_audio(ref["source"]).last_hidden_state, ref["features.x"]) < TOLERANCE
-    padded = model.data2vec_audio(ref["padded.source"], attention_mask=(~ref["padded.padding_mask_input"]).long())
+    padded = model.data2vec_audio(
+        ref["padded.source"], attention_mask=(~ref["padded.padding_mask_input"]).long()
+    )
     real = ~ref["padded.features.padding_mask_frames"]
     assert real.sum() < real.numel()  # the fixture really is padded
     assert max_diff(padded.last_hidden_state[real], ref["padded.features.x"][real]) < TOLERANCE

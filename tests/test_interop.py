@@ -85,6 +85,6 @@ def test_pretraining_model_continues_from_native_checkpoint(modality, tmp_path):
 
 def test_top_k_larger_than_depth_is_a_clear_error(tmp_path):
     model_cls, make_config, _, _ = MODALITIES["audio"]
-    getattr(model_cls(make_config()), "data2vec_audio").save_pretrained(tmp_path)
+    model_cls(make_config()).data2vec_audio.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="average_top_k_layers=8 must be between 1 and num_hidden_layers=3"):
         model_cls.from_pretrained(tmp_path)

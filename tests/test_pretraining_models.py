@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
+import data2vec_hf
 import pytest
 import torch
 from conftest import MODALITIES
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
-
-import data2vec_hf
 
 
 def build(modality, **overrides):
@@ -66,7 +65,9 @@ def test_ema_step_is_exact_and_leaves_shared_tensors_alone(modality):
     num_updates = model.config.ema_anneal_end_step // 3
     decay = model.ema_step(num_updates)
     cfg = model.config
-    expected_decay = cfg.ema_decay + (cfg.ema_end_decay - cfg.ema_decay) * num_updates / cfg.ema_anneal_end_step
+    expected_decay = (
+        cfg.ema_decay + (cfg.ema_end_decay - cfg.ema_decay) * num_updates / cfg.ema_anneal_end_step
+    )
     assert math.isclose(decay, expected_decay, rel_tol=1e-12)
 
     for name, after in model.teacher.model.named_parameters():

@@ -24,7 +24,9 @@ TINY_AUDIO = (
     "conv_kernel=(10,3,3),conv_stride=(5,2,2),num_conv_pos_embedding_groups=4,conv_pos_kernel_size=7,"
     "num_conv_pos_embeddings=2,average_top_k_layers=2,mask_length=4"
 )
-NO_DROPOUT = ",hidden_dropout=0.0,attention_dropout=0.0,activation_dropout=0.0,feat_proj_dropout=0.0,layerdrop=0.0"
+NO_DROPOUT = (
+    ",hidden_dropout=0.0,attention_dropout=0.0,activation_dropout=0.0,feat_proj_dropout=0.0,layerdrop=0.0"
+)
 TINY_VISION = (
     "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,image_size=32,patch_size=8,"
     "average_top_k_layers=2,min_mask_patches_per_block=2"
@@ -35,18 +37,43 @@ TINY_TEXT = (
 )
 
 
-def launch(script: str, args: list[str], num_processes: int = 1, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+def launch(
+    script: str, args: list[str], num_processes: int = 1, **popen
+) -> subprocess.CompletedProcess | subprocess.Popen:
     """`accelerate launch` the script; with two processes on a CPU machine this means DDP over gloo."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if num_processes > 1:
-        command += ["--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(29500 + os.getpid() % 1000)]
+        command += [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--main_process_port",
+            str(29500 + os.getpid() % 1000),
+        ]
     else:
         command += ["--num_processes", "1", "--cpu"]
     command += [str(ROOT / "pretraining" / script), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if popen:
         # own process group, so a SIGKILL reaches the launcher and the training process it started
-        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -65,22 +92,46 @@ def audio_folder(root: Path, count: int = 8, seconds=(0.3, 0.6), seed: int = 0, 
     for i in range(count):
         length = int(rate * (seconds[0] if seconds[0] == seconds[1] else rng.uniform(*seconds)))
         t = np.arange(length) / rate
-        clip = np.sin(2 * np.pi * rng.uniform(100, 400) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.1 * rng.standard_normal(length)
+        clip = np.sin(2 * np.pi * rng.uniform(100, 400) * t) * (
+            1 + np.sin(2 * np.pi * 3 * t)
+        ) + 0.1 * rng.standard_normal(length)
         sf.write(root / f"clip{i}.wav", clip.astype(np.float32), rate, subtype="FLOAT")
     return root
 
 
 def common(output_dir: Path, steps: int, batch: int = 4, **extra) -> list[str]:
-    args = ["--output_dir", str(output_dir), "--max_train_steps", str(steps), "--per_device_train_batch_size", str(batch), "--logging_steps", "1", "--cache_dir", str(output_dir.parent / "cache")]
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--max_train_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        str(batch),
+        "--logging_steps",
+        "1",
+        "--cache_dir",
+        str(output_dir.parent / "cache"),
+    ]
     for key, value in extra.items():
         args += [f"--{key}", str(value)]
     return args
 
 
 def test_help_documents_every_flag_with_default():
-    result = subprocess.run([sys.executable, str(ROOT / "pretraining" / "pretrain_audio.py"), "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "pretraining" / "pretrain_audio.py"), "--help"],
+        capture_output=True,
+        text=True,
+    )
     check_ok(result)
-    for flag in ("--resume_from_checkpoint", "--config_overrides", "--streaming", "--push_to_hub", "--max_length_seconds", "--version"):
+    for flag in (
+        "--resume_from_checkpoint",
+        "--config_overrides",
+        "--streaming",
+        "--push_to_hub",
+        "--max_length_seconds",
+        "--version",
+    ):
         assert flag in result.stdout
     assert "resampled" in result.stdout and "(default: 0.0005)" in result.stdout
 
@@ -92,20 +143,33 @@ def test_script_end_to_end(modality, tmp_path):
     if modality == "audio":
         audio_folder(data)
         (data / "corrupt.wav").write_bytes(b"RIFF not really a wav file")  # skipped and counted
-        sf.write(data / "short.wav", np.zeros(200, dtype=np.float32), 16000)  # shorter than the receptive field
-        sf.write(data / "other_rate.wav", np.random.default_rng(1).standard_normal(4000).astype(np.float32), 8000)  # resampled
+        sf.write(
+            data / "short.wav", np.zeros(200, dtype=np.float32), 16000
+        )  # shorter than the receptive field
+        sf.write(
+            data / "other_rate.wav", np.random.default_rng(1).standard_normal(4000).astype(np.float32), 8000
+        )  # resampled
         args = common(out, 3, train_dir=data, config_overrides=TINY_AUDIO)
     elif modality == "vision":
         rng = np.random.default_rng(0)
         for i in range(6):
             (data / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(data / f"class{i % 2}" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                data / f"class{i % 2}" / f"{i}.png"
+            )
         args = common(out, 3, train_dir=data, config_overrides=TINY_VISION)
     else:
         data.mkdir()
         lines = [f"the quick brown fox number {i} jumps over the lazy dog {i % 7} times" for i in range(60)]
         (data / "train.txt").write_text("\n".join(lines + ["", "   "]))
-        args = common(out, 3, train_file=data / "train.txt", config_overrides=TINY_TEXT, max_seq_length=64, bpe_vocab_size=300)
+        args = common(
+            out,
+            3,
+            train_file=data / "train.txt",
+            config_overrides=TINY_TEXT,
+            max_seq_length=64,
+            bpe_vocab_size=300,
+        )
     check_ok(launch(f"pretrain_{modality}.py", args))
     result = summary(out)
     assert result["updates"] == 3 and np.isfinite(result["last"]["loss"])
@@ -132,8 +196,19 @@ def test_two_processes_match_one(tmp_path):
     overrides = TINY_AUDIO + NO_DROPOUT
     one = tmp_path / "one"
     two = tmp_path / "two"
-    check_ok(launch("pretrain_audio.py", common(one, 4, batch=4, train_dir=data, config_overrides=overrides, learning_rate=1e-3)))
-    check_ok(launch("pretrain_audio.py", common(two, 4, batch=2, train_dir=data, config_overrides=overrides, learning_rate=1e-3), num_processes=2))
+    check_ok(
+        launch(
+            "pretrain_audio.py",
+            common(one, 4, batch=4, train_dir=data, config_overrides=overrides, learning_rate=1e-3),
+        )
+    )
+    check_ok(
+        launch(
+            "pretrain_audio.py",
+            common(two, 4, batch=2, train_dir=data, config_overrides=overrides, learning_rate=1e-3),
+            num_processes=2,
+        )
+    )
     assert summary(one)["num_processes"] == 1
     assert summary(two)["num_processes"] == 2  # two gloo processes really ran
     assert summary(one)["updates"] == summary(two)["updates"] == 4
@@ -143,7 +218,13 @@ def test_two_processes_match_one(tmp_path):
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     data = audio_folder(tmp_path / "data", count=12)
-    args = dict(train_dir=data, config_overrides=TINY_AUDIO, checkpointing_steps=3, checkpoints_total_limit=5, learning_rate=1e-3)
+    args = dict(
+        train_dir=data,
+        config_overrides=TINY_AUDIO,
+        checkpointing_steps=3,
+        checkpoints_total_limit=5,
+        learning_rate=1e-3,
+    )
     steps, batch = 12, 3
     full = tmp_path / "full"
     check_ok(launch("pretrain_audio.py", common(full, steps, batch=batch, **args)))
@@ -162,7 +243,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     done = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step-")]
     assert done and f"step-{steps}" not in done
 
-    check_ok(launch("pretrain_audio.py", common(killed, steps, batch=batch, resume_from_checkpoint="latest", **args)))
+    check_ok(
+        launch(
+            "pretrain_audio.py", common(killed, steps, batch=batch, resume_from_checkpoint="latest", **args)
+        )
+    )
     assert summary(killed)["updates"] == steps
     assert_same_weights(final_weights(full), final_weights(killed), atol=0.0)
 
@@ -171,7 +256,10 @@ def test_collapse_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     data = audio_folder(tmp_path / "data")
     out = tmp_path / "out"
     overrides = TINY_AUDIO + ",collapse_guard_after=2,min_target_var=1000.0"
-    result = launch("pretrain_audio.py", common(out, 10, train_dir=data, config_overrides=overrides, checkpointing_steps=2))
+    result = launch(
+        "pretrain_audio.py",
+        common(out, 10, train_dir=data, config_overrides=overrides, checkpointing_steps=2),
+    )
     assert result.returncode == 1
     assert "target_var" in result.stderr and "collapsing" in result.stderr and "update 3" in result.stderr
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-2"]
@@ -184,7 +272,6 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
     import dataclasses
 
     from accelerate.state import AcceleratorState, PartialState
-
     from data2vec_hf.pretraining import pretrain_audio
     from data2vec_hf.pretraining.data import AudioCollator
     from data2vec_hf.pretraining.trainer import run
@@ -192,7 +279,9 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
     rng = np.random.default_rng(0)
     clips = [{"input_values": rng.standard_normal(6000).astype(np.float32)} for _ in range(5)]
     clips.append({"input_values": np.full(6000, np.nan, dtype=np.float32)})
-    spec = dataclasses.replace(pretrain_audio.SPEC, build_data=lambda args, config, accelerator: (clips, AudioCollator(), None))
+    spec = dataclasses.replace(
+        pretrain_audio.SPEC, build_data=lambda args, config, accelerator: (clips, AudioCollator(), None)
+    )
     out = tmp_path / "out"
     try:
         code = run(spec, common(out, 8, batch=1, config_overrides=TINY_AUDIO, max_nonfinite_updates=3))
@@ -209,7 +298,12 @@ def test_repeated_nonfinite_losses_stop_training(tmp_path):
     """An absurd learning rate breaks the weights: every following loss is NaN, training stops."""
     data = audio_folder(tmp_path / "data", count=5)
     out = tmp_path / "stop"
-    result = launch("pretrain_audio.py", common(out, 20, train_dir=data, config_overrides=TINY_AUDIO, learning_rate=1e30, max_nonfinite_updates=2))
+    result = launch(
+        "pretrain_audio.py",
+        common(
+            out, 20, train_dir=data, config_overrides=TINY_AUDIO, learning_rate=1e30, max_nonfinite_updates=2
+        ),
+    )
     assert result.returncode == 1
     assert "2 updates in a row had a NaN/inf loss" in result.stderr
     assert not (out / "config.json").exists()
@@ -217,7 +311,10 @@ def test_repeated_nonfinite_losses_stop_training(tmp_path):
 
 def test_missing_column_is_a_clear_error(tmp_path):
     data = audio_folder(tmp_path / "data", count=2)
-    result = launch("pretrain_audio.py", common(tmp_path / "out", 2, train_dir=data, config_overrides=TINY_AUDIO, audio_column="speech"))
+    result = launch(
+        "pretrain_audio.py",
+        common(tmp_path / "out", 2, train_dir=data, config_overrides=TINY_AUDIO, audio_column="speech"),
+    )
     assert result.returncode != 0
     assert "speech" in result.stderr and "available" in result.stderr.lower()
 
@@ -226,6 +323,13 @@ def test_bad_output_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "pretraining" / "pretrain_audio.py"), "--output_dir", str(blocker / "sub")], capture_output=True, text=True
+        [
+            sys.executable,
+            str(ROOT / "pretraining" / "pretrain_audio.py"),
+            "--output_dir",
+            str(blocker / "sub"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0 and "not writable" in result.stderr
