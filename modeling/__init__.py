@@ -3,6 +3,13 @@
 ``import data2vec_hf`` registers every config and model with transformers' Auto classes.
 """
 
+from transformers import (
+    AutoModelForAudioClassification,
+    AutoModelForCTC,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+)
+
 from .auto import register
 from .data2vec_audio import (
     Data2VecAudioForPreTraining,
@@ -19,6 +26,25 @@ from .data2vec_vision import (
     Data2VecVisionPreTrainingBackbone,
     Data2VecVisionPreTrainingConfig,
 )
+from .data2vec2_audio import (
+    Data2Vec2AudioConfig,
+    Data2Vec2AudioForCTC,
+    Data2Vec2AudioForPreTraining,
+    Data2Vec2AudioForSequenceClassification,
+    Data2Vec2AudioModel,
+)
+from .data2vec2_text import (
+    Data2Vec2TextConfig,
+    Data2Vec2TextForPreTraining,
+    Data2Vec2TextForSequenceClassification,
+    Data2Vec2TextModel,
+)
+from .data2vec2_vision import (
+    Data2Vec2VisionConfig,
+    Data2Vec2VisionForImageClassification,
+    Data2Vec2VisionForPreTraining,
+    Data2Vec2VisionModel,
+)
 from .ema import EMATeacher, annealed_ema_decay
 from .objective import Data2VecPreTrainingOutput
 
@@ -27,8 +53,39 @@ __version__ = "0.1.0"
 register(Data2VecAudioPreTrainingConfig, Data2VecAudioPreTrainingBackbone, Data2VecAudioForPreTraining)
 register(Data2VecVisionPreTrainingConfig, Data2VecVisionPreTrainingBackbone, Data2VecVisionForPreTraining)
 register(Data2VecTextPreTrainingConfig, Data2VecTextPreTrainingBackbone, Data2VecTextForPreTraining)
+register(
+    Data2Vec2AudioConfig,
+    Data2Vec2AudioModel,
+    Data2Vec2AudioForPreTraining,
+    [(AutoModelForCTC, Data2Vec2AudioForCTC), (AutoModelForAudioClassification, Data2Vec2AudioForSequenceClassification)],
+)
+register(
+    Data2Vec2VisionConfig,
+    Data2Vec2VisionModel,
+    Data2Vec2VisionForPreTraining,
+    [(AutoModelForImageClassification, Data2Vec2VisionForImageClassification)],
+)
+register(
+    Data2Vec2TextConfig,
+    Data2Vec2TextModel,
+    Data2Vec2TextForPreTraining,
+    [(AutoModelForSequenceClassification, Data2Vec2TextForSequenceClassification)],
+)
 
 __all__ = [
+    "Data2Vec2AudioConfig",
+    "Data2Vec2AudioForCTC",
+    "Data2Vec2AudioForPreTraining",
+    "Data2Vec2AudioForSequenceClassification",
+    "Data2Vec2AudioModel",
+    "Data2Vec2TextConfig",
+    "Data2Vec2TextForPreTraining",
+    "Data2Vec2TextForSequenceClassification",
+    "Data2Vec2TextModel",
+    "Data2Vec2VisionConfig",
+    "Data2Vec2VisionForImageClassification",
+    "Data2Vec2VisionForPreTraining",
+    "Data2Vec2VisionModel",
     "Data2VecAudioForPreTraining",
     "Data2VecAudioPreTrainingBackbone",
     "Data2VecAudioPreTrainingConfig",

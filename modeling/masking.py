@@ -170,3 +170,68 @@ def mask_tokens(
     random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator).to(device)
     masked[to_random] = random_ids[to_random]
     return masked, labels
+
+
+def block_mask(
+    grid: tuple[int, ...],
+    mask_prob: float,
+    block_size: int,
+    inverse: bool = False,
+    prob_adjust: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """data2vec 2.0 (inverse) block masking over a 1-D (``(length,)``) or 2-D (``(height, width)``) grid.
+
+    Blocks of ``block_size`` (per side) are placed around random centres and clipped at the borders;
+    with ``inverse`` the blocks mark the *kept* positions and everything else is masked. The selection
+    is then trimmed or topped up at random so that exactly ``int(N * p)`` positions are selected, where
+    ``p = mask_prob`` (or ``1 - mask_prob`` with ``inverse``) and N the grid size — every sample of a
+    batch has the same number of masked positions, which the 2.0 student needs to drop them.
+    ``prob_adjust`` over-samples centres, as fairseq's ``mask_prob_adjust`` does. Returns a flat
+    boolean mask (True = masked) in row-major order.
+    """
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+    size = math.prod(grid)
+    select_prob = 1.0 - mask_prob if inverse else mask_prob
+    target = int(size * select_prob)
+    selected = torch.zeros(grid, dtype=torch.bool)
+    if block_size <= 1:
+        num_centres = 0
+    else:
+        num_centres = int(size * (select_prob + prob_adjust) / block_size ** len(grid))
+    if num_centres > 0:
+        centres = torch.randint(0, size, (num_centres,), generator=generator)
+        coords = torch.unravel_index(centres, grid)
+        offsets = torch.arange(block_size) - block_size // 2
+        if len(grid) == 1:
+            rows = (coords[0][:, None] + offsets[None, :]).clamp_(0, grid[0] - 1)
+            selected[rows.flatten()] = True
+        else:
+            rows = (coords[0][:, None, None] + offsets[None, :, None]).clamp_(0, grid[0] - 1)
+            cols = (coords[1][:, None, None] + offsets[None, None, :]).clamp_(0, grid[1] - 1)
+            rows, cols = torch.broadcast_tensors(rows, cols)
+            selected[rows.flatten(), cols.flatten()] = True
+    selected = selected.flatten()
+    count = int(selected.sum())
+    if count > target:  # drop random selected positions
+        drop = torch.nonzero(selected).flatten()[torch.randperm(count, generator=generator)[: count - target]]
+        selected[drop] = False
+    elif count < target:  # add random unselected positions
+        free = torch.nonzero(~selected).flatten()
+        selected[free[torch.randperm(len(free), generator=generator)[: target - count]]] = True
+    return ~selected if inverse else selected
+
+
+def random_token_mask(
+    length: int, mask_prob: float, padding: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """MAE-style random masking of exactly ``length - int(length * (1 - mask_prob))`` positions
+    (data2vec 2.0 text, mask length 1). Padding positions (``padding`` True) are masked last."""
+    num_keep = int(length * (1 - mask_prob))
+    noise = torch.rand(length, generator=generator)
+    if padding is not None:
+        noise = noise.masked_fill(padding.bool(), -1.0)  # low noise = kept first
+    mask = torch.ones(length, dtype=torch.bool)
+    mask[noise.argsort()[:num_keep]] = False
+    return mask

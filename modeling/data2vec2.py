@@ -1,0 +1,467 @@
+"""data2vec 2.0: the parts every modality shares.
+
+The layout follows fairseq's ``examples/data2vec/models/data2vec2.py`` and ``modalities/`` so released
+checkpoints convert weight for weight: a modality-specific *local* encoder (CNN, patch embedding or token
+embedding), a *contextual* stage (positional encoding, optional extra tokens, a LayerNorm and optional
+"prenet" blocks), the shared post-LN transformer blocks, and a light convolutional decoder used only for
+pretraining. The student encodes only the unmasked positions; masked ones re-enter at the decoder as
+noise, in their original order. transformers has no data2vec 2.0, so these modules are written here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+
+from .objective import Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin, Data2VecPreTrainingOutput
+from .targets import record_outputs
+
+DATA2VEC2_DOC = """
+    Transformer fields (fairseq ``model`` section):
+
+        hidden_size (`int`): ``embed_dim``. num_hidden_layers (`int`): ``depth``. num_attention_heads (`int`).
+        intermediate_size (`int`): FFN width (``mlp_ratio * embed_dim``). layer_norm_eps (`float`): ``norm_eps``.
+        hidden_dropout (`float`): ``encoder_dropout`` (after attention). attention_dropout (`float`).
+        activation_dropout (`float`): inside the FFN. post_mlp_dropout (`float`): ``post_mlp_drop``.
+        layerdrop (`float`). drop_path_rate (`float`): ``end_drop_path_rate`` (linear from 0 over the blocks).
+        prenet_depth (`int`): extra blocks in the modality encoder. prenet_dropout / prenet_layerdrop (`float`).
+        num_extra_tokens (`int`): learned tokens (CLS) prepended before the blocks.
+        initializer_range (`float`): std of the normal initialisation.
+
+    Pretraining fields (fairseq ``model`` and ``modalities.<m>`` sections):
+
+        clone_batch (`int`): M, masked copies of each sample (the teacher runs once per sample).
+        mask_prob (`float`), mask_length (`int`), inverse_mask (`bool`), mask_prob_adjust (`float`): the
+            (inverse) block masking; every sample gets exactly the same number of masked positions.
+        mask_noise_std (`float`): std of the noise that fills masked positions at the decoder input.
+        decoder_dim / decoder_kernel / decoder_layers / decoder_groups (`int`), decoder_residual (`bool`),
+        decoder_input_dropout (`float`), decoder_projection_layers (`int`), decoder_projection_ratio (`float`):
+            the convolutional decoder.
+        cls_loss (`float`): weight of the CLS-token loss (student CLS vs. time-mean of the targets).
+        ema_encoder_only (`bool`): the teacher averages the transformer blocks only.
+        ema_local_encoder (`bool`): the teacher also has its own local encoder (images).
+"""
+
+
+@dataclass(repr=False)
+class Data2Vec2ConfigMixin(Data2VecObjectiveConfigMixin):
+    """Fields shared by the three data2vec 2.0 configs (defaults: the released base models)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float | int = 0.1
+    attention_dropout: float | int = 0.1
+    activation_dropout: float | int = 0.0
+    post_mlp_dropout: float | int = 0.1
+    layerdrop: float | int = 0.0
+    drop_path_rate: float | int = 0.0
+    prenet_depth: int = 0
+    prenet_dropout: float | int = 0.0
+    prenet_layerdrop: float | int = 0.0
+    num_extra_tokens: int = 0
+    initializer_range: float = 0.02
+    # pretraining
+    clone_batch: int = 8
+    mask_prob: float = 0.5
+    mask_length: int = 5
+    inverse_mask: bool = False
+    mask_prob_adjust: float | int = 0.0
+    mask_noise_std: float = 0.01
+    decoder_dim: int = 384
+    decoder_kernel: int = 7
+    decoder_layers: int = 4
+    decoder_groups: int = 16
+    decoder_residual: bool = True
+    decoder_input_dropout: float | int = 0.1
+    decoder_projection_layers: int = 1
+    decoder_projection_ratio: float | int = 2.0
+    cls_loss: float | int = 0.0
+    ema_encoder_only: bool = False
+    ema_local_encoder: bool = False
+
+
+class MaskInfo(NamedTuple):
+    """Which positions the student drops: ``mask`` (B x T, True = masked), the kept positions in
+    order (``ids_keep``, B x K) and the permutation restoring the original order (``ids_restore``)."""
+
+    mask: torch.Tensor
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> MaskInfo:
+        counts = mask.sum(-1)
+        if not bool((counts == counts[0]).all()):
+            raise ValueError(f"data2vec 2.0 needs the same number of masked positions per sample, got {counts.tolist()}")
+        ids_shuffle = mask.to(torch.uint8).argsort(dim=1, stable=True)  # kept positions first, in order
+        num_keep = mask.shape[1] - int(counts[0])
+        return cls(mask.bool(), ids_shuffle[:, :num_keep], ids_shuffle.argsort(dim=1))
+
+
+def gather_positions(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``x[b, ids[b]]`` for B x T (x ...) tensors."""
+    index = ids.view(*ids.shape, *([1] * (x.dim() - 2))).expand(*ids.shape, *x.shape[2:])
+    return torch.gather(x, 1, index)
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi head slopes (Press et al.), with the interleaving rule for non-powers of two."""
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        return power_of_2(num_heads)
+    closest = 2 ** math.floor(math.log2(num_heads))
+    return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
+
+
+def alibi_bias_1d(num_heads: int, length: int, device=None) -> torch.Tensor:
+    """H x T x T symmetric linear distance bias, ``-slope * |i - j|``."""
+    positions = torch.arange(length, device=device)
+    distance = -(positions[None, :] - positions[:, None]).abs().float()
+    return torch.tensor(alibi_slopes(num_heads), device=device)[:, None, None] * distance
+
+
+class Data2Vec2Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection, through ``scaled_dot_product_attention``."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = config.attention_dropout
+        self.proj_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x, attention_bias: torch.Tensor | None = None):
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_bias, dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        return self.proj_dropout(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
+
+
+class Data2Vec2FeedForward(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class Data2Vec2Block(GradientCheckpointingLayer):
+    """Post-LN transformer block (fairseq ``AltBlock`` with ``layer_norm_first=False``).
+
+    Its FFN output before the residual connection (``mlp``'s output) is what the teacher's targets use.
+    """
+
+    def __init__(self, config, drop_path: float = 0.0):
+        super().__init__()
+        self.attn = Data2Vec2Attention(config)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Data2Vec2FeedForward(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_mlp_dropout = nn.Dropout(config.post_mlp_dropout)
+        self.drop_path = drop_path
+
+    def _drop_path(self, x):
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device).bernoulli_(1 - self.drop_path)
+        return x * keep / (1 - self.drop_path)
+
+    def forward(self, x, attention_bias: torch.Tensor | None = None):
+        x = self.norm1(x + self._drop_path(self.attn(x, attention_bias)))
+        return self.norm2(x + self._drop_path(self.post_mlp_dropout(self.mlp(x))))
+
+
+def run_blocks(blocks, x, attention_bias, layerdrop: float, training: bool, hidden_states: list | None = None):
+    for block in blocks:
+        if training and layerdrop > 0 and torch.rand(()) < layerdrop:
+            continue
+        x = block(x, attention_bias)
+        if hidden_states is not None:
+            hidden_states.append(x)
+    return x
+
+
+class Decoder(nn.Module):
+    """The 2.0 decoder: ``decoder_layers`` x (grouped conv → LayerNorm without affine → GELU, residual when
+    shapes allow), then a linear (or small MLP) projection back to ``hidden_size``. 1-D or 2-D convs."""
+
+    def __init__(self, config, dims: int, grid: tuple[int, int] | None = None):
+        super().__init__()
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        k = config.decoder_kernel
+        self.grid, self.residual, self.kernel = grid, config.decoder_residual, k
+        self.convs = nn.ModuleList(
+            conv(config.hidden_size if i == 0 else config.decoder_dim, config.decoder_dim, k, padding=k // 2, groups=config.decoder_groups)
+            for i in range(config.decoder_layers)
+        )
+        layers, dim = [], config.decoder_dim
+        for i in range(config.decoder_projection_layers - 1):
+            next_dim = int(dim * config.decoder_projection_ratio) if i == 0 else dim
+            layers += [nn.Linear(dim, next_dim), nn.GELU()]
+            dim = next_dim
+        layers.append(nn.Linear(dim, config.hidden_size))
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        x = x.transpose(1, 2)
+        if self.grid is not None:
+            x = x.reshape(batch, dim, *self.grid)
+        residual = x
+        for conv in self.convs:
+            x = conv(x)
+            if self.kernel % 2 == 0:  # "same" padding for even kernels: drop the extra step
+                x = x[..., :-1] if x.dim() == 3 else x[..., :-1, :-1]
+            x = F.gelu(F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1))
+            if self.residual and residual.shape == x.shape:
+                x = x + residual
+            residual = x
+        return self.proj(x.reshape(batch, x.shape[1], length).transpose(1, 2))
+
+
+class Data2Vec2PreTrainedModel(PreTrainedModel):
+    """Weight initialisation and common attributes of the data2vec 2.0 models."""
+
+    base_model_prefix = "data2vec2"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Data2Vec2Block"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, nn.Conv1d | nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, Data2Vec2Backbone):
+            if module.extra_tokens is not None:
+                module.extra_tokens.normal_(0.0, std)
+            if module._part("alibi_scale") is not None:
+                module.alibi_scale.fill_(module.config.alibi_scale_init)
+
+
+class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
+    """Shared encoder logic; a modality subclass builds the local encoder and positional parts.
+
+    Subclasses implement ``local_features(**inputs) -> (features B x T x D, padding_mask or None)`` and may
+    set ``fixed_positions`` (1 x T x D buffer), ``relative_positions`` (module on B x T x D) and
+    ``alibi_scale`` (learned per-head ALiBi scale).
+    """
+
+    input_name: ClassVar[str]
+
+    def _build_shared(self, config):
+        self.extra_tokens = nn.Parameter(torch.zeros(1, config.num_extra_tokens, config.hidden_size)) if config.num_extra_tokens else None
+        self.context_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if self.has_context_norm else None
+        self.context_dropout = nn.Dropout(config.prenet_dropout)
+        self.prenet = nn.ModuleList(Data2Vec2Block(config) for _ in range(config.prenet_depth))
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.blocks = nn.ModuleList(Data2Vec2Block(config, rate) for rate in rates)
+
+    has_context_norm = True
+
+    # optional parts a modality may define: ``fixed_positions`` (buffer), ``relative_positions`` (module),
+    # ``alibi_scale`` (parameter)
+    def _part(self, name):
+        return getattr(self, name, None)
+
+    def local_features(self, **inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _alibi(self, batch: int, length: int, device) -> torch.Tensor | None:
+        alibi_scale = self._part("alibi_scale")
+        if alibi_scale is None:
+            return None
+        bias = alibi_bias_1d(self.config.num_attention_heads, length, device)
+        scale = alibi_scale.clamp_min(0).view(-1, 1, 1)
+        return (bias * scale).unsqueeze(0).expand(batch, -1, -1, -1)
+
+    def contextualize(self, features, padding_mask=None, mask_info: MaskInfo | None = None):
+        """Positions, masking (dropping masked positions), extra tokens, context norm and prenet.
+        Returns the block input, the padding mask of what is kept and the additive attention bias."""
+        batch, length, _ = features.shape
+        x = features
+        fixed, relative = self._part("fixed_positions"), self._part("relative_positions")
+        if fixed is not None:
+            x = x + fixed[:, :length]
+        if relative is not None:
+            # masked positions are zeroed before the positional convolution, as in fairseq
+            source = x if mask_info is None else x.masked_fill(mask_info.mask.unsqueeze(-1), 0.0)
+            positions = relative(source)
+        bias = self._alibi(batch, length, x.device)
+        if mask_info is not None:
+            x = gather_positions(x, mask_info.ids_keep)
+            if relative is not None:
+                positions = gather_positions(positions, mask_info.ids_keep)
+            if padding_mask is not None:
+                padding_mask = gather_positions(padding_mask, mask_info.ids_keep)
+            if bias is not None:
+                keep = mask_info.ids_keep
+                bias = torch.gather(bias, 2, keep[:, None, :, None].expand(-1, bias.shape[1], -1, length))
+                bias = torch.gather(bias, 3, keep[:, None, None, :].expand(-1, bias.shape[1], keep.shape[1], -1))
+        if relative is not None:
+            x = x + positions
+        if self.extra_tokens is not None:
+            num = self.extra_tokens.shape[1]
+            x = torch.cat([self.extra_tokens.expand(x.shape[0], -1, -1), x], dim=1)
+            if padding_mask is not None:
+                padding_mask = F.pad(padding_mask, (num, 0), value=False)
+            if bias is not None:
+                bias = F.pad(bias, (num, 0, num, 0))
+        if padding_mask is not None and not padding_mask.any():
+            padding_mask = None
+        if padding_mask is not None:
+            pad_bias = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device).masked_fill(padding_mask, float("-inf"))
+            pad_bias = pad_bias[:, None, None, :]
+            bias = pad_bias if bias is None else bias + pad_bias
+        if self.context_norm is not None:
+            x = self.context_norm(x)
+        x = self.context_dropout(x)
+        x = run_blocks(self.prenet, x, bias, self.config.prenet_layerdrop, self.training)
+        return x, padding_mask, bias
+
+    def forward(
+        self,
+        attention_mask: torch.Tensor | None = None,
+        local_features: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **inputs,
+    ):
+        """Encode the full (unmasked) input. ``local_features`` (with ``attention_mask`` at their
+        resolution, 1 = real) skips the local encoder — the EMA teacher uses it."""
+        if local_features is None:
+            local_features, padding_mask = self.local_features(attention_mask=attention_mask, **inputs)
+        else:
+            padding_mask = None if attention_mask is None else attention_mask == 0
+        x, _, bias = self.contextualize(local_features, padding_mask)
+        hidden_states = [x] if output_hidden_states else None
+        x = run_blocks(self.blocks, x, bias, self.config.layerdrop, self.training, hidden_states)
+        if not return_dict:
+            return (x, tuple(hidden_states)) if output_hidden_states else (x,)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None)
+
+
+@dataclass
+class Data2Vec2PreTrainingOutput(Data2VecPreTrainingOutput):
+    """:class:`Data2VecPreTrainingOutput` plus ``cls_loss`` (the weighted CLS-token loss included in ``loss``)."""
+
+    cls_loss: torch.Tensor | None = None
+
+
+class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
+    """The 2.0 pretraining step: M masked clones after the local encoder, the student on the kept
+    positions only, the decoder on all positions, the teacher once per sample."""
+
+    decoder_dims: ClassVar[int] = 1
+
+    @property
+    def teacher_shared(self) -> tuple[str, ...]:
+        backbone = getattr(self, self.base_model_prefix)
+        if self.config.ema_encoder_only:
+            return tuple(name for name, _ in backbone.named_children() if name != "blocks") + tuple(
+                name for name, _ in backbone.named_parameters(recurse=False)
+            )
+        if self.config.ema_local_encoder:
+            return ()
+        return backbone.local_modules
+
+    def teacher_source(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix)
+
+    def sequence_grid(self, length: int) -> tuple[int, ...]:
+        return (length,)
+
+    def sample_mask(self, batch_size: int, length: int, padding_mask=None, generator=None) -> torch.Tensor:
+        """``batch_size * clone_batch`` masks (clone-major: sample b owns rows b*M .. b*M+M-1)."""
+        from .masking import block_mask
+
+        cfg = self.config
+        rows = [
+            block_mask(self.sequence_grid(length), cfg.mask_prob, cfg.mask_length, cfg.inverse_mask, cfg.mask_prob_adjust, generator)
+            for _ in range(batch_size * cfg.clone_batch)
+        ]
+        return torch.stack(rows)
+
+    def pretraining_step(self, inputs: dict, attention_mask=None, mask=None) -> Data2Vec2PreTrainingOutput:
+        cfg = self.config
+        backbone = getattr(self, self.base_model_prefix)
+        features, padding_mask = backbone.local_features(attention_mask=attention_mask, **inputs)
+        batch, length, _ = features.shape
+        clones = cfg.clone_batch
+        if mask is None:
+            mask = self.sample_mask(batch, length, padding_mask)
+        mask = mask.to(features.device).bool().reshape(-1, length)
+        if mask.shape[0] != batch * clones:
+            raise ValueError(f"mask has {mask.shape[0]} rows; expected batch_size * clone_batch = {batch * clones}")
+        info = MaskInfo.from_mask(mask)
+
+        student_features = features.repeat_interleave(clones, 0) if clones > 1 else features
+        student_padding = padding_mask.repeat_interleave(clones, 0) if padding_mask is not None and clones > 1 else padding_mask
+        x, kept_padding, bias = backbone.contextualize(student_features, student_padding, info)
+        x = run_blocks(backbone.blocks, x, bias, cfg.layerdrop, self.training)
+
+        extra = cfg.num_extra_tokens
+        decoder_input = F.dropout(x[:, extra:], cfg.decoder_input_dropout, self.training)
+        noise = decoder_input.new_empty(decoder_input.shape[0], length - decoder_input.shape[1], decoder_input.shape[2]).normal_(0, cfg.mask_noise_std)
+        decoded = self.decoder(gather_positions(torch.cat([decoder_input, noise], 1), info.ids_restore))
+
+        # targets: padded positions are never regressed
+        regress = mask if student_padding is None else mask & ~student_padding
+        with record_outputs([block.mlp for block in backbone.blocks]) as ffn_outputs:
+            self.teacher.run(backbone, **self.teacher_inputs(inputs, features.detach(), attention_mask, padding_mask))
+        targets = self._targets([y[:, extra:] for y in ffn_outputs])
+        repeated = targets.repeat_interleave(clones, 0) if clones > 1 else targets
+        output = self._objective(decoded[regress], repeated[regress], regress, x)
+
+        if cfg.cls_loss > 0:
+            from .losses import regression_loss
+
+            cls_target = targets.mean(dim=1)
+            cls_target = cls_target.repeat_interleave(clones, 0) if clones > 1 else cls_target
+            cls = regression_loss(x[:, extra - 1], cls_target, cfg.loss_beta, cfg.loss_scale).sum()
+            cls = cls * cfg.cls_loss * output.num_masked
+            output.loss = output.loss + cls / output.num_masked.clamp(min=1)
+            output.loss_sum = output.loss_sum + cls.detach()
+            return Data2Vec2PreTrainingOutput(**output, cls_loss=cls.detach())
+        return Data2Vec2PreTrainingOutput(**output)
+
+    def teacher_inputs(self, inputs, local_features, attention_mask, padding_mask) -> dict:
+        """Arguments of the teacher's (full, unmasked) backbone call."""
+        if self.config.ema_local_encoder:
+            return dict(inputs, attention_mask=attention_mask)
+        frame_mask = None if padding_mask is None else (~padding_mask).long()
+        return {"local_features": local_features, "attention_mask": frame_mask}
