@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -243,34 +244,37 @@ class Decoder(nn.Module):
 class Data2Vec2PreTrainedModel(PreTrainedModel):
     """Weight initialisation and common attributes of the data2vec 2.0 models."""
 
-    base_model_prefix = "data2vec2"
     supports_gradient_checkpointing = True
+    # a pretraining checkpoint's teacher and decoder are not part of an encoder or a downstream model
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^decoder\."]
     _no_split_modules = ["Data2Vec2Block"]
     _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers' init functions skip tensors that were loaded from a checkpoint
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
+            init.normal_(module.weight, 0.0, std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
+            init.normal_(module.weight, 0.0, std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 module.weight[module.padding_idx].zero_()
         elif isinstance(module, nn.LayerNorm) and module.weight is not None:
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, nn.Conv1d | nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight)
+            init.kaiming_normal_(module.weight)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, Data2Vec2Backbone):
             if module.extra_tokens is not None:
-                module.extra_tokens.normal_(0.0, std)
+                init.normal_(module.extra_tokens, 0.0, std)
             if module._part("alibi_scale") is not None:
-                module.alibi_scale.fill_(module.config.alibi_scale_init)
+                init.constant_(module.alibi_scale, module.config.alibi_scale_init)
+            module.reset_constant_buffers()
 
 
 class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
@@ -301,6 +305,22 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
     def local_features(self, **inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
+    def reset_constant_buffers(self) -> None:
+        """Recompute non-persistent constant buffers (they are not in checkpoints)."""
+
+    @staticmethod
+    def relative_position_features(relative: nn.Module, x: torch.Tensor, padding_mask=None) -> torch.Tensor:
+        """Run the convolutional positional encoder. Padded steps are zeroed before every layer, so
+        that real steps never see how much padding follows them (fairseq lets the convolution read
+        padding, which makes a sample's features depend on the batch it is padded in)."""
+        if padding_mask is None or not hasattr(relative, "layers"):
+            return relative(x)
+        keep = (~padding_mask).unsqueeze(1).to(x.dtype)
+        h = x.transpose(1, 2) * keep
+        for layer in relative.layers:
+            h = layer(h) * keep
+        return h.transpose(1, 2)
+
     def _alibi(self, batch: int, length: int, device) -> torch.Tensor | None:
         alibi_scale = self._part("alibi_scale")
         if alibi_scale is None:
@@ -320,7 +340,7 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
         if relative is not None:
             # masked positions are zeroed before the positional convolution, as in fairseq
             source = x if mask_info is None else x.masked_fill(mask_info.mask.unsqueeze(-1), 0.0)
-            positions = relative(source)
+            positions = self.relative_position_features(relative, source, padding_mask)
         bias = self._alibi(batch, length, x.device)
         if mask_info is not None:
             x = gather_positions(x, mask_info.ids_keep)
@@ -353,16 +373,17 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
         x = run_blocks(self.prenet, x, bias, self.config.prenet_layerdrop, self.training)
         return x, padding_mask, bias
 
-    def forward(
+    def encode(
         self,
+        inputs: dict,
         attention_mask: torch.Tensor | None = None,
         local_features: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         return_dict: bool = True,
-        **inputs,
     ):
-        """Encode the full (unmasked) input. ``local_features`` (with ``attention_mask`` at their
-        resolution, 1 = real) skips the local encoder — the EMA teacher uses it."""
+        """Encode the full (unmasked) input; each modality's ``forward`` calls this. ``local_features``
+        (with ``attention_mask`` at their resolution, 1 = real) skips the local encoder — the EMA teacher
+        uses it."""
         if local_features is None:
             local_features, padding_mask = self.local_features(attention_mask=attention_mask, **inputs)
         else:

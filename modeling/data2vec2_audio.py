@@ -89,6 +89,7 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
     """data2vec 2.0 speech encoder: CNN features → LayerNorm + projection → conv positions (+ ALiBi) →
     context LayerNorm (+ prenet) → post-LN blocks."""
 
+    base_model_prefix = "data2vec2_audio"
     config_class = Data2Vec2AudioConfig
     main_input_name = "input_values"
     local_modules = ("feature_extractor", "feature_projection")
@@ -106,6 +107,17 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
             self.alibi_scale = nn.Parameter(scale, requires_grad=config.learned_alibi_scale)
         self._build_shared(config)
         self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        local_features: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ):
+        return self.encode({"input_values": input_values}, attention_mask, local_features, output_hidden_states, return_dict)
 
     def local_features(self, input_values, attention_mask=None):
         features = self.feature_extractor(input_values).transpose(1, 2)

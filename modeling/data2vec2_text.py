@@ -67,6 +67,7 @@ class Data2Vec2TextModel(Data2Vec2Backbone):
     """data2vec 2.0 text encoder: token embedding + learned positions (fairseq's padding offset) →
     LayerNorm → dropout → (prenet) → post-LN blocks."""
 
+    base_model_prefix = "data2vec2_text"
     config_class = Data2Vec2TextConfig
     main_input_name = "input_ids"
     local_modules = ("word_embeddings", "position_embeddings", "embedding_norm")
@@ -89,6 +90,17 @@ class Data2Vec2TextModel(Data2Vec2Backbone):
 
     def set_input_embeddings(self, value):
         self.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        local_features: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ):
+        return self.encode({"input_ids": input_ids}, attention_mask, local_features, output_hidden_states, return_dict)
 
     def local_features(self, input_ids, attention_mask=None):
         pad = self.config.pad_token_id

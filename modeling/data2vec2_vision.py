@@ -92,6 +92,7 @@ class Data2Vec2VisionModel(Data2Vec2Backbone):
     """data2vec 2.0 image encoder: patch embedding + fixed 2-D sin-cos positions → CLS token →
     LayerNorm + prenet blocks → post-LN blocks. ``last_hidden_state`` keeps the CLS token first."""
 
+    base_model_prefix = "data2vec2_vision"
     config_class = Data2Vec2VisionConfig
     main_input_name = "pixel_values"
     local_modules = ("patch_embedding",)
@@ -99,11 +100,27 @@ class Data2Vec2VisionModel(Data2Vec2Backbone):
     def __init__(self, config: Data2Vec2VisionConfig):
         super().__init__(config)
         self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
-        self.register_buffer(
-            "fixed_positions", sincos_positions_2d(config.hidden_size, config.grid_size).unsqueeze(0), persistent=False
-        )
+        self.register_buffer("fixed_positions", torch.empty(1, config.grid_size**2, config.hidden_size), persistent=False)
+        self.reset_constant_buffers()
         self._build_shared(config)
         self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        local_features: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ):
+        return self.encode({"pixel_values": pixel_values}, attention_mask, local_features, output_hidden_states, return_dict)
+
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        if self.fixed_positions.device.type != "meta":
+            table = sincos_positions_2d(self.config.hidden_size, self.config.grid_size)
+            self.fixed_positions.copy_(table.unsqueeze(0))
 
     def local_features(self, pixel_values, attention_mask=None):
         expected = (self.config.image_size, self.config.image_size)
