@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-
 from data2vec_hf import (
     Data2Vec2AudioConfig,
     Data2Vec2AudioForPreTraining,
@@ -31,13 +30,22 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _shared_config(model_cfg: Mapping, modality_cfg: Mapping) -> dict:
-    _require(not model_cfg.get("layer_norm_first", False), "layer_norm_first=True (pre-LN) 2.0 models are not supported")
+    _require(
+        not model_cfg.get("layer_norm_first", False),
+        "layer_norm_first=True (pre-LN) 2.0 models are not supported",
+    )
     _require(model_cfg.get("shared_decoder") is None, "a shared decoder is not supported")
     _require(not model_cfg.get("recon_loss"), "recon_loss is not supported")
-    _require(not modality_cfg.get("learned_alibi") and not modality_cfg.get("learned_alibi_scale_per_layer"), "learned/per-layer ALiBi is not supported")
+    _require(
+        not modality_cfg.get("learned_alibi") and not modality_cfg.get("learned_alibi_scale_per_layer"),
+        "learned/per-layer ALiBi is not supported",
+    )
     decoder = modality_cfg.get("decoder") or {}
     _require(decoder.get("decoder_dim") is not None, "checkpoints without a decoder config are not supported")
-    _require(not decoder.get("add_positions_masked") and not decoder.get("add_positions_all"), "decoder positions are not supported")
+    _require(
+        not decoder.get("add_positions_masked") and not decoder.get("add_positions_all"),
+        "decoder positions are not supported",
+    )
     fields = dict(
         hidden_size=model_cfg["embed_dim"],
         num_hidden_layers=model_cfg["depth"],
@@ -116,14 +124,26 @@ def _common_rules(modality: str, prefix: str, teacher: str) -> list[tuple]:
 def _audio_rules(prefix: str, teacher: str) -> list[tuple]:
     enc = r"modality_encoders\.AUDIO\."
     return [
-        (rf"{enc}local_encoder\.conv_layers\.(\d+)\.0\.(weight|bias)", rf"{prefix}.feature_extractor.conv_layers.\1.conv.\2"),
-        (rf"{enc}local_encoder\.conv_layers\.(\d+)\.2\.1\.(weight|bias)", rf"{prefix}.feature_extractor.conv_layers.\1.layer_norm.\2"),
+        (
+            rf"{enc}local_encoder\.conv_layers\.(\d+)\.0\.(weight|bias)",
+            rf"{prefix}.feature_extractor.conv_layers.\1.conv.\2",
+        ),
+        (
+            rf"{enc}local_encoder\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
+            rf"{prefix}.feature_extractor.conv_layers.\1.layer_norm.\2",
+        ),
         (rf"{enc}project_features\.1\.(weight|bias)", rf"{prefix}.feature_projection.0.\1"),
         (rf"{enc}project_features\.2\.(weight|bias)", rf"{prefix}.feature_projection.1.\1"),
         # index 0 of fairseq's positional Sequential is a TransposeLast
-        (rf"{enc}relative_positional_encoder\.(\d+)\.0\.(weight|bias)", lambda m: f"{prefix}.relative_positions.layers.{int(m[1]) - 1}.conv.{m[2]}"),
+        (
+            rf"{enc}relative_positional_encoder\.(\d+)\.0\.(weight|bias)",
+            lambda m: f"{prefix}.relative_positions.layers.{int(m[1]) - 1}.conv.{m[2]}",
+        ),
         (rf"{enc}alibi_scale", f"{prefix}.alibi_scale"),
-        (rf"_ema/{enc}relative_positional_encoder\.(\d+)\.0\.(weight|bias)", lambda m: f"{teacher}.relative_positions.layers.{int(m[1]) - 1}.conv.{m[2]}"),
+        (
+            rf"_ema/{enc}relative_positional_encoder\.(\d+)\.0\.(weight|bias)",
+            lambda m: f"{teacher}.relative_positions.layers.{int(m[1]) - 1}.conv.{m[2]}",
+        ),
         (rf"_ema/{enc}alibi_scale", f"{teacher}.alibi_scale"),
     ]
 
@@ -155,11 +175,17 @@ MODALITIES = {
 def config_from_fairseq_v2(checkpoint: Mapping, state: Mapping[str, torch.Tensor]):
     model_cfg = checkpoint["cfg"]["model"]
     modality = model_cfg.get("supported_modality")
-    _require(modality in MODALITIES, f"unsupported or missing supported_modality {modality!r} (a multi-modality checkpoint?)")
+    _require(
+        modality in MODALITIES,
+        f"unsupported or missing supported_modality {modality!r} (a multi-modality checkpoint?)",
+    )
     modality_cfg = model_cfg["modalities"][modality.lower()]
     fields = _shared_config(model_cfg, modality_cfg)
     if modality == "AUDIO":
-        _require(modality_cfg.get("extractor_mode", "layer_norm") == "layer_norm", "only extractor_mode=layer_norm is supported")
+        _require(
+            modality_cfg.get("extractor_mode", "layer_norm") == "layer_norm",
+            "only extractor_mode=layer_norm is supported",
+        )
         _require(not modality_cfg.get("conv_pos_pre_ln"), "conv_pos_pre_ln is not supported")
         conv = safe_literal(modality_cfg["feature_encoder_spec"])
         depth = modality_cfg.get("conv_pos_depth", 5)
@@ -176,8 +202,14 @@ def config_from_fairseq_v2(checkpoint: Mapping, state: Mapping[str, torch.Tensor
             **fields,
         )
     if modality == "IMAGE":
-        _require(modality_cfg.get("embed_dim", model_cfg["embed_dim"]) == model_cfg["embed_dim"], "a patch embedding of another width is not supported")
-        _require(modality_cfg.get("fixed_positions", True) and not modality_cfg.get("use_alibi_encoder"), "only fixed sin-cos positions are supported for images")
+        _require(
+            modality_cfg.get("embed_dim", model_cfg["embed_dim"]) == model_cfg["embed_dim"],
+            "a patch embedding of another width is not supported",
+        )
+        _require(
+            modality_cfg.get("fixed_positions", True) and not modality_cfg.get("use_alibi_encoder"),
+            "only fixed sin-cos positions are supported for images",
+        )
         _require(not modality_cfg.get("transformer_decoder"), "transformer decoders are not supported")
         return Data2Vec2VisionConfig(
             image_size=modality_cfg.get("input_size", 224),
@@ -185,7 +217,10 @@ def config_from_fairseq_v2(checkpoint: Mapping, state: Mapping[str, torch.Tensor
             num_channels=modality_cfg.get("in_chans", 3),
             **fields,
         )
-    _require(modality_cfg.get("learned_pos", True) and modality_cfg.get("no_scale_embedding", True), "only learned positions without embedding scaling are supported")
+    _require(
+        modality_cfg.get("learned_pos", True) and modality_cfg.get("no_scale_embedding", True),
+        "only learned positions without embedding scaling are supported",
+    )
     _require(modality_cfg.get("layernorm_embedding", True), "layernorm_embedding=False is not supported")
     vocab_size, _ = state["modality_encoders.TEXT.local_encoder.embed_tokens.weight"].shape
     positions, _ = state["modality_encoders.TEXT.local_encoder.embed_positions.weight"].shape
@@ -208,7 +243,10 @@ def model_from_fairseq_v2(checkpoint: Mapping):
     for key in (positions_key, "_ema/" + positions_key):
         if key in state:  # a constant table: check it instead of loading it
             ours = getattr(model, prefix).fixed_positions
-            _require(torch.allclose(state[key].float(), ours, atol=1e-5), f"{key} differs from the 2-D sin-cos table")
+            _require(
+                torch.allclose(state[key].float(), ours, atol=1e-5),
+                f"{key} differs from the 2-D sin-cos table",
+            )
     for key in [k for k in state if k.endswith("alibi_scale")]:
         state[key] = state[key].reshape(-1)  # fairseq keeps (1, 1, heads, 1, 1)
     mapping = KeyMapping(

@@ -11,21 +11,6 @@ from transformers import (
 )
 
 from .auto import register
-from .data2vec_audio import (
-    Data2VecAudioForPreTraining,
-    Data2VecAudioPreTrainingBackbone,
-    Data2VecAudioPreTrainingConfig,
-)
-from .data2vec_text import (
-    Data2VecTextForPreTraining,
-    Data2VecTextPreTrainingBackbone,
-    Data2VecTextPreTrainingConfig,
-)
-from .data2vec_vision import (
-    Data2VecVisionForPreTraining,
-    Data2VecVisionPreTrainingBackbone,
-    Data2VecVisionPreTrainingConfig,
-)
 from .data2vec2_audio import (
     Data2Vec2AudioConfig,
     Data2Vec2AudioForCTC,
@@ -45,6 +30,21 @@ from .data2vec2_vision import (
     Data2Vec2VisionForPreTraining,
     Data2Vec2VisionModel,
 )
+from .data2vec_audio import (
+    Data2VecAudioForPreTraining,
+    Data2VecAudioPreTrainingBackbone,
+    Data2VecAudioPreTrainingConfig,
+)
+from .data2vec_text import (
+    Data2VecTextForPreTraining,
+    Data2VecTextPreTrainingBackbone,
+    Data2VecTextPreTrainingConfig,
+)
+from .data2vec_vision import (
+    Data2VecVisionForPreTraining,
+    Data2VecVisionPreTrainingBackbone,
+    Data2VecVisionPreTrainingConfig,
+)
 from .ema import EMATeacher, annealed_ema_decay
 from .objective import Data2VecPreTrainingOutput
 
@@ -57,7 +57,10 @@ register(
     Data2Vec2AudioConfig,
     Data2Vec2AudioModel,
     Data2Vec2AudioForPreTraining,
-    [(AutoModelForCTC, Data2Vec2AudioForCTC), (AutoModelForAudioClassification, Data2Vec2AudioForSequenceClassification)],
+    [
+        (AutoModelForCTC, Data2Vec2AudioForCTC),
+        (AutoModelForAudioClassification, Data2Vec2AudioForSequenceClassification),
+    ],
 )
 register(
     Data2Vec2VisionConfig,

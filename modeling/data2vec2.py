@@ -17,7 +17,7 @@ from typing import ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
@@ -104,7 +104,9 @@ class MaskInfo(NamedTuple):
     def from_mask(cls, mask: torch.Tensor) -> MaskInfo:
         counts = mask.sum(-1)
         if not bool((counts == counts[0]).all()):
-            raise ValueError(f"data2vec 2.0 needs the same number of masked positions per sample, got {counts.tolist()}")
+            raise ValueError(
+                f"data2vec 2.0 needs the same number of masked positions per sample, got {counts.tolist()}"
+            )
         ids_shuffle = mask.to(torch.uint8).argsort(dim=1, stable=True)  # kept positions first, in order
         num_keep = mask.shape[1] - int(counts[0])
         return cls(mask.bool(), ids_shuffle[:, :num_keep], ids_shuffle.argsort(dim=1))
@@ -136,6 +138,33 @@ def alibi_bias_1d(num_heads: int, length: int, device=None) -> torch.Tensor:
     return torch.tensor(alibi_slopes(num_heads), device=device)[:, None, None] * distance
 
 
+def sample_clone_masks(config, grid: tuple[int, ...], padding: list, generators: list) -> torch.Tensor:
+    """``clone_batch`` masks per sample (rows clone-major), each sample drawing from its own generator.
+
+    Block masking (``mask_length`` > 1) or, for text, MAE-style random masking, with the same number of
+    masked positions in every row. ``padding`` holds one padding mask (or None) per sample.
+    """
+    from .masking import block_mask, random_token_mask
+
+    rows = []
+    for pad, generator in zip(padding, generators):
+        for _ in range(config.clone_batch):
+            if config.mask_length <= 1 and len(grid) == 1:
+                rows.append(random_token_mask(grid[0], config.mask_prob, pad, generator))
+            else:
+                rows.append(
+                    block_mask(
+                        grid,
+                        config.mask_prob,
+                        config.mask_length,
+                        config.inverse_mask,
+                        config.mask_prob_adjust,
+                        generator,
+                    )
+                )
+    return torch.stack(rows)
+
+
 class Data2Vec2Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection, through ``scaled_dot_product_attention``."""
 
@@ -149,7 +178,9 @@ class Data2Vec2Attention(nn.Module):
 
     def forward(self, x, attention_bias: torch.Tensor | None = None):
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attention_bias, dropout_p=self.attention_dropout if self.training else 0.0
         )
@@ -193,7 +224,9 @@ class Data2Vec2Block(GradientCheckpointingLayer):
         return self.norm2(x + self._drop_path(self.post_mlp_dropout(self.mlp(x))))
 
 
-def run_blocks(blocks, x, attention_bias, layerdrop: float, training: bool, hidden_states: list | None = None):
+def run_blocks(
+    blocks, x, attention_bias, layerdrop: float, training: bool, hidden_states: list | None = None
+):
     for block in blocks:
         if training and layerdrop > 0 and torch.rand(()) < layerdrop:
             continue
@@ -213,7 +246,13 @@ class Decoder(nn.Module):
         k = config.decoder_kernel
         self.grid, self.residual, self.kernel = grid, config.decoder_residual, k
         self.convs = nn.ModuleList(
-            conv(config.hidden_size if i == 0 else config.decoder_dim, config.decoder_dim, k, padding=k // 2, groups=config.decoder_groups)
+            conv(
+                config.hidden_size if i == 0 else config.decoder_dim,
+                config.decoder_dim,
+                k,
+                padding=k // 2,
+                groups=config.decoder_groups,
+            )
             for i in range(config.decoder_layers)
         )
         layers, dim = [], config.decoder_dim
@@ -288,8 +327,14 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
     input_name: ClassVar[str]
 
     def _build_shared(self, config):
-        self.extra_tokens = nn.Parameter(torch.zeros(1, config.num_extra_tokens, config.hidden_size)) if config.num_extra_tokens else None
-        self.context_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if self.has_context_norm else None
+        self.extra_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_extra_tokens, config.hidden_size))
+            if config.num_extra_tokens
+            else None
+        )
+        self.context_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if self.has_context_norm else None
+        )
         self.context_dropout = nn.Dropout(config.prenet_dropout)
         self.prenet = nn.ModuleList(Data2Vec2Block(config) for _ in range(config.prenet_depth))
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
@@ -351,7 +396,9 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
             if bias is not None:
                 keep = mask_info.ids_keep
                 bias = torch.gather(bias, 2, keep[:, None, :, None].expand(-1, bias.shape[1], -1, length))
-                bias = torch.gather(bias, 3, keep[:, None, None, :].expand(-1, bias.shape[1], keep.shape[1], -1))
+                bias = torch.gather(
+                    bias, 3, keep[:, None, None, :].expand(-1, bias.shape[1], keep.shape[1], -1)
+                )
         if relative is not None:
             x = x + positions
         if self.extra_tokens is not None:
@@ -364,7 +411,9 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
         if padding_mask is not None and not padding_mask.any():
             padding_mask = None
         if padding_mask is not None:
-            pad_bias = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device).masked_fill(padding_mask, float("-inf"))
+            pad_bias = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device).masked_fill(
+                padding_mask, float("-inf")
+            )
             pad_bias = pad_bias[:, None, None, :]
             bias = pad_bias if bias is None else bias + pad_bias
         if self.context_norm is not None:
@@ -393,7 +442,9 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
         x = run_blocks(self.blocks, x, bias, self.config.layerdrop, self.training, hidden_states)
         if not return_dict:
             return (x, tuple(hidden_states)) if output_hidden_states else (x,)
-        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None)
+        return BaseModelOutput(
+            last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None
+        )
 
 
 @dataclass
@@ -428,14 +479,8 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
 
     def sample_mask(self, batch_size: int, length: int, padding_mask=None, generator=None) -> torch.Tensor:
         """``batch_size * clone_batch`` masks (clone-major: sample b owns rows b*M .. b*M+M-1)."""
-        from .masking import block_mask
-
-        cfg = self.config
-        rows = [
-            block_mask(self.sequence_grid(length), cfg.mask_prob, cfg.mask_length, cfg.inverse_mask, cfg.mask_prob_adjust, generator)
-            for _ in range(batch_size * cfg.clone_batch)
-        ]
-        return torch.stack(rows)
+        padding = [None] * batch_size if padding_mask is None else list(padding_mask.cpu())
+        return sample_clone_masks(self.config, self.sequence_grid(length), padding, [generator] * batch_size)
 
     def pretraining_step(self, inputs: dict, attention_mask=None, mask=None) -> Data2Vec2PreTrainingOutput:
         cfg = self.config
@@ -447,23 +492,33 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
             mask = self.sample_mask(batch, length, padding_mask)
         mask = mask.to(features.device).bool().reshape(-1, length)
         if mask.shape[0] != batch * clones:
-            raise ValueError(f"mask has {mask.shape[0]} rows; expected batch_size * clone_batch = {batch * clones}")
+            raise ValueError(
+                f"mask has {mask.shape[0]} rows; expected batch_size * clone_batch = {batch * clones}"
+            )
         info = MaskInfo.from_mask(mask)
 
         student_features = features.repeat_interleave(clones, 0) if clones > 1 else features
-        student_padding = padding_mask.repeat_interleave(clones, 0) if padding_mask is not None and clones > 1 else padding_mask
+        student_padding = (
+            padding_mask.repeat_interleave(clones, 0)
+            if padding_mask is not None and clones > 1
+            else padding_mask
+        )
         x, kept_padding, bias = backbone.contextualize(student_features, student_padding, info)
         x = run_blocks(backbone.blocks, x, bias, cfg.layerdrop, self.training)
 
         extra = cfg.num_extra_tokens
         decoder_input = F.dropout(x[:, extra:], cfg.decoder_input_dropout, self.training)
-        noise = decoder_input.new_empty(decoder_input.shape[0], length - decoder_input.shape[1], decoder_input.shape[2]).normal_(0, cfg.mask_noise_std)
+        noise = decoder_input.new_empty(
+            decoder_input.shape[0], length - decoder_input.shape[1], decoder_input.shape[2]
+        ).normal_(0, cfg.mask_noise_std)
         decoded = self.decoder(gather_positions(torch.cat([decoder_input, noise], 1), info.ids_restore))
 
         # targets: padded positions are never regressed
         regress = mask if student_padding is None else mask & ~student_padding
         with record_outputs([block.mlp for block in backbone.blocks]) as ffn_outputs:
-            self.teacher.run(backbone, **self.teacher_inputs(inputs, features.detach(), attention_mask, padding_mask))
+            self.teacher.run(
+                backbone, **self.teacher_inputs(inputs, features.detach(), attention_mask, padding_mask)
+            )
         targets = self._targets([y[:, extra:] for y in ffn_outputs])
         repeated = targets.repeat_interleave(clones, 0) if clones > 1 else targets
         output = self._objective(decoded[regress], repeated[regress], regress, x)

@@ -19,6 +19,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainedModel,
     Data2Vec2PreTrainingMixin,
     Decoder,
+    sample_clone_masks,
 )
 from .data2vec_audio import num_frames
 from .objective import OBJECTIVE_DOC
@@ -117,7 +118,9 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
         return_dict: bool = True,
         **kwargs,
     ):
-        return self.encode({"input_values": input_values}, attention_mask, local_features, output_hidden_states, return_dict)
+        return self.encode(
+            {"input_values": input_values}, attention_mask, local_features, output_hidden_states, return_dict
+        )
 
     def local_features(self, input_values, attention_mask=None):
         features = self.feature_extractor(input_values).transpose(1, 2)
@@ -129,6 +132,12 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
 
     def freeze_feature_encoder(self):
         self.feature_extractor._freeze_parameters()
+
+
+def sample_audio_masks_v2(config, batch: dict, generators: list) -> dict:
+    """Per-example clone masks for a padded batch; returns the forward argument ``mask_time_indices``."""
+    length = int(num_frames(config, torch.tensor(batch["input_values"].shape[-1])))
+    return {"mask_time_indices": sample_clone_masks(config, (length,), [None] * len(generators), generators)}
 
 
 class Data2Vec2AudioForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrainedModel):
@@ -169,13 +178,21 @@ class Data2Vec2AudioForCTC(Data2Vec2PreTrainedModel):
         self.data2vec2_audio.freeze_feature_encoder()
 
     def forward(self, input_values, attention_mask=None, labels=None, output_hidden_states=False, **kwargs):
-        out = self.data2vec2_audio(input_values=input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        out = self.data2vec2_audio(
+            input_values=input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.lm_head(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
             if labels.max() >= self.config.vocab_size:
                 raise ValueError(f"label values must be < vocab_size ({self.config.vocab_size})")
-            samples = attention_mask.sum(-1) if attention_mask is not None else torch.full((len(input_values),), input_values.shape[-1])
+            samples = (
+                attention_mask.sum(-1)
+                if attention_mask is not None
+                else torch.full((len(input_values),), input_values.shape[-1])
+            )
             input_lengths = num_frames(self.config, samples.to(logits.device))
             valid = labels >= 0
             log_probs = nn.functional.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
@@ -210,13 +227,19 @@ class Data2Vec2AudioForSequenceClassification(Data2Vec2PreTrainedModel):
         self.data2vec2_audio.freeze_feature_encoder()
 
     def forward(self, input_values, attention_mask=None, labels=None, output_hidden_states=False, **kwargs):
-        out = self.data2vec2_audio(input_values=input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        out = self.data2vec2_audio(
+            input_values=input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+        )
         hidden = self.projector(out.last_hidden_state)
         if attention_mask is None:
             pooled = hidden.mean(1)
         else:
             frames = num_frames(self.config, attention_mask.sum(-1))
-            real = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]).unsqueeze(-1)
+            real = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]).unsqueeze(
+                -1
+            )
             pooled = (hidden * real).sum(1) / real.sum(1).clamp(min=1)
         logits = self.classifier(pooled)
         loss = None

@@ -15,6 +15,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainedModel,
     Data2Vec2PreTrainingMixin,
     Decoder,
+    sample_clone_masks,
 )
 from .objective import OBJECTIVE_DOC
 
@@ -74,8 +75,12 @@ class Data2Vec2TextModel(Data2Vec2Backbone):
 
     def __init__(self, config: Data2Vec2TextConfig):
         super().__init__(config)
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
         self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=1e-5)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self._build_shared(config)
@@ -100,7 +105,9 @@ class Data2Vec2TextModel(Data2Vec2Backbone):
         return_dict: bool = True,
         **kwargs,
     ):
-        return self.encode({"input_ids": input_ids}, attention_mask, local_features, output_hidden_states, return_dict)
+        return self.encode(
+            {"input_ids": input_ids}, attention_mask, local_features, output_hidden_states, return_dict
+        )
 
     def local_features(self, input_ids, attention_mask=None):
         pad = self.config.pad_token_id
@@ -110,6 +117,13 @@ class Data2Vec2TextModel(Data2Vec2Backbone):
         x = self.embedding_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
         padding_mask = ~real
         return self.embedding_dropout(x), (padding_mask if padding_mask.any() else None)
+
+
+def sample_text_masks_v2(config, batch: dict, generators: list) -> dict:
+    """Per-example clone masks for a padded batch; returns the forward argument ``masked_positions``."""
+    input_ids, attention = batch["input_ids"], batch.get("attention_mask")
+    padding = [None] * len(input_ids) if attention is None else list(attention == 0)
+    return {"masked_positions": sample_clone_masks(config, (input_ids.shape[1],), padding, generators)}
 
 
 class Data2Vec2TextForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrainedModel):
@@ -128,18 +142,6 @@ class Data2Vec2TextForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrained
         self.post_init()
         self.reset_teacher()
 
-    def sample_mask(self, batch_size: int, length: int, padding_mask=None, generator=None) -> torch.Tensor:
-        from .masking import random_token_mask
-
-        if self.config.mask_length > 1:
-            return super().sample_mask(batch_size, length, padding_mask, generator)
-        clones = self.config.clone_batch
-        rows = [
-            random_token_mask(length, self.config.mask_prob, None if padding_mask is None else padding_mask[i // clones].cpu(), generator)
-            for i in range(batch_size * clones)
-        ]
-        return torch.stack(rows)
-
     def forward(self, input_ids, attention_mask=None, masked_positions=None, **kwargs):
         """``masked_positions``: (B * clone_batch) x T booleans with equal counts per row."""
         return self.pretraining_step({"input_ids": input_ids}, attention_mask, masked_positions)
@@ -155,14 +157,18 @@ class Data2Vec2TextForSequenceClassification(Data2Vec2PreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.data2vec2_text = Data2Vec2TextModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        )
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False, **kwargs):
-        out = self.data2vec2_text(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        out = self.data2vec2_text(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+        )
         x = self.dropout(out.last_hidden_state[:, 0])
         logits = self.out_proj(self.dropout(torch.tanh(self.dense(x))))
         loss = None

@@ -16,6 +16,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainedModel,
     Data2Vec2PreTrainingMixin,
     Decoder,
+    sample_clone_masks,
 )
 from .objective import OBJECTIVE_DOC
 
@@ -99,8 +100,12 @@ class Data2Vec2VisionModel(Data2Vec2Backbone):
 
     def __init__(self, config: Data2Vec2VisionConfig):
         super().__init__(config)
-        self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
-        self.register_buffer("fixed_positions", torch.empty(1, config.grid_size**2, config.hidden_size), persistent=False)
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
+        )
+        self.register_buffer(
+            "fixed_positions", torch.empty(1, config.grid_size**2, config.hidden_size), persistent=False
+        )
         self.reset_constant_buffers()
         self._build_shared(config)
         self.post_init()
@@ -114,7 +119,9 @@ class Data2Vec2VisionModel(Data2Vec2Backbone):
         return_dict: bool = True,
         **kwargs,
     ):
-        return self.encode({"pixel_values": pixel_values}, attention_mask, local_features, output_hidden_states, return_dict)
+        return self.encode(
+            {"pixel_values": pixel_values}, attention_mask, local_features, output_hidden_states, return_dict
+        )
 
     @torch.no_grad()
     def reset_constant_buffers(self) -> None:
@@ -125,8 +132,16 @@ class Data2Vec2VisionModel(Data2Vec2Backbone):
     def local_features(self, pixel_values, attention_mask=None):
         expected = (self.config.image_size, self.config.image_size)
         if tuple(pixel_values.shape[-2:]) != expected:
-            raise ValueError(f"expected {expected[0]}x{expected[1]} images, got {tuple(pixel_values.shape[-2:])}")
+            raise ValueError(
+                f"expected {expected[0]}x{expected[1]} images, got {tuple(pixel_values.shape[-2:])}"
+            )
         return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2), None
+
+
+def sample_vision_masks_v2(config, batch: dict, generators: list) -> dict:
+    """Per-example clone masks; returns the forward argument ``bool_masked_pos``."""
+    grid = (config.grid_size, config.grid_size)
+    return {"bool_masked_pos": sample_clone_masks(config, grid, [None] * len(generators), generators)}
 
 
 class Data2Vec2VisionForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrainedModel):

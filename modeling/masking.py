@@ -224,7 +224,10 @@ def block_mask(
 
 
 def random_token_mask(
-    length: int, mask_prob: float, padding: torch.Tensor | None = None, generator: torch.Generator | None = None
+    length: int,
+    mask_prob: float,
+    padding: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """MAE-style random masking of exactly ``length - int(length * (1 - mask_prob))`` positions
     (data2vec 2.0 text, mask length 1). Padding positions (``padding`` True) are masked last."""

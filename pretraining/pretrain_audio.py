@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from data2vec_hf import Data2VecAudioForPreTraining
+from data2vec_hf.data2vec2_audio import Data2Vec2AudioForPreTraining, sample_audio_masks_v2
 from data2vec_hf.data2vec_audio import sample_audio_masks
 from data2vec_hf.pretraining.data import (
     AudioCollator,
@@ -73,21 +74,34 @@ def build_data(args, config, accelerator):
 
 SPEC = ModalitySpec(
     name="audio",
-    model_classes={1: Data2VecAudioForPreTraining},
-    # fairseq examples/data2vec/config/audio/pretraining/base_librispeech.yaml
-    defaults=dict(
-        learning_rate=5e-4,
-        weight_decay=0.01,
-        adam_beta1=0.9,
-        adam_beta2=0.98,
-        adam_epsilon=1e-6,
-        max_grad_norm=0.0,
-        lr_scheduler_type="tri_stage",
-        warmup_fraction=0.03,
-    ),
+    model_classes={1: Data2VecAudioForPreTraining, 2: Data2Vec2AudioForPreTraining},
+    defaults={
+        1: dict(
+            # fairseq examples/data2vec/config/audio/pretraining/base_librispeech.yaml
+            learning_rate=5e-4,
+            weight_decay=0.01,
+            adam_beta1=0.9,
+            adam_beta2=0.98,
+            adam_epsilon=1e-6,
+            max_grad_norm=0.0,
+            lr_scheduler_type="tri_stage",
+            warmup_fraction=0.03,
+        ),
+        2: dict(
+            # fairseq examples/data2vec/config/v2/base_audio_only_task.yaml
+            learning_rate=7.5e-4,
+            weight_decay=0.01,
+            adam_beta1=0.9,
+            adam_beta2=0.98,
+            adam_epsilon=1e-6,
+            max_grad_norm=0.0,
+            lr_scheduler_type="cosine",
+            warmup_fraction=8000 / 400000,
+        ),
+    },
     add_arguments=add_arguments,
     build_data=build_data,
-    sample_masks=sample_audio_masks,
+    sample_masks={1: sample_audio_masks, 2: sample_audio_masks_v2},
 )
 
 

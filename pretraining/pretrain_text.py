@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from data2vec_hf import Data2VecTextForPreTraining
+from data2vec_hf.data2vec2_text import Data2Vec2TextForPreTraining, sample_text_masks_v2
 from data2vec_hf.data2vec_text import sample_text_masks
 from data2vec_hf.pretraining.data import (
     TextCollator,
@@ -57,7 +58,7 @@ def prepare_config(args, config):
     if tokenizer.mask_token_id is None:
         raise SystemExit(f"error: tokenizer {args.tokenizer_name} has no mask token")
     ids = dict(
-        mask_token_id=tokenizer.mask_token_id,
+        mask_token_id=tokenizer.mask_token_id,  # data2vec 2.0 has no mask token (the field is skipped)
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
         eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
@@ -69,7 +70,8 @@ def prepare_config(args, config):
         )
     config.vocab_size = len(tokenizer)
     for key, value in ids.items():
-        setattr(config, key, value)
+        if hasattr(config, key):
+            setattr(config, key, value)
     if args.max_seq_length > config.max_position_embeddings - 2:
         raise SystemExit(
             f"error: --max_seq_length {args.max_seq_length} exceeds max_position_embeddings - 2 = {config.max_position_embeddings - 2}"
@@ -98,21 +100,34 @@ def build_data(args, config, accelerator):
 
 SPEC = ModalitySpec(
     name="text",
-    model_classes={1: Data2VecTextForPreTraining},
-    # fairseq examples/data2vec/config/text/pretraining/base.yaml
-    defaults=dict(
-        learning_rate=2e-4,
-        weight_decay=0.01,
-        adam_beta1=0.9,
-        adam_beta2=0.98,
-        adam_epsilon=1e-6,
-        max_grad_norm=5.0,
-        lr_scheduler_type="cosine",
-        warmup_fraction=0.01,
-    ),
+    model_classes={1: Data2VecTextForPreTraining, 2: Data2Vec2TextForPreTraining},
+    defaults={
+        1: dict(
+            # fairseq examples/data2vec/config/text/pretraining/base.yaml
+            learning_rate=2e-4,
+            weight_decay=0.01,
+            adam_beta1=0.9,
+            adam_beta2=0.98,
+            adam_epsilon=1e-6,
+            max_grad_norm=5.0,
+            lr_scheduler_type="cosine",
+            warmup_fraction=0.01,
+        ),
+        2: dict(
+            # fairseq examples/data2vec/config/v2/base_text_only_task.yaml
+            learning_rate=2e-4,
+            weight_decay=0.01,
+            adam_beta1=0.9,
+            adam_beta2=0.98,
+            adam_epsilon=1e-6,
+            max_grad_norm=1.0,
+            lr_scheduler_type="cosine",
+            warmup_fraction=4000 / 1000000,
+        ),
+    },
     add_arguments=add_arguments,
     build_data=build_data,
-    sample_masks=sample_text_masks,
+    sample_masks={1: sample_text_masks, 2: sample_text_masks_v2},
     prepare_config=prepare_config,
 )
 

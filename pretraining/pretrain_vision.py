@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from data2vec_hf import Data2VecVisionForPreTraining
+from data2vec_hf.data2vec2_vision import Data2Vec2VisionForPreTraining, sample_vision_masks_v2
 from data2vec_hf.data2vec_vision import sample_vision_masks
 from data2vec_hf.pretraining.data import (
     IMAGENET_MEAN,
@@ -59,21 +60,34 @@ def build_data(args, config, accelerator):
 
 SPEC = ModalitySpec(
     name="vision",
-    model_classes={1: Data2VecVisionForPreTraining},
-    # fairseq examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml
-    defaults=dict(
-        learning_rate=5e-4,
-        weight_decay=0.05,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        max_grad_norm=3.0,
-        lr_scheduler_type="cosine",
-        warmup_fraction=12510 / 375300,
-    ),
+    model_classes={1: Data2VecVisionForPreTraining, 2: Data2Vec2VisionForPreTraining},
+    defaults={
+        1: dict(
+            # fairseq examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml
+            learning_rate=5e-4,
+            weight_decay=0.05,
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
+            max_grad_norm=3.0,
+            lr_scheduler_type="cosine",
+            warmup_fraction=12510 / 375300,
+        ),
+        2: dict(
+            # fairseq examples/data2vec/config/v2/base_images_only_task.yaml
+            learning_rate=1e-3,
+            weight_decay=0.05,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            adam_epsilon=1e-8,
+            max_grad_norm=4.0,
+            lr_scheduler_type="cosine",
+            warmup_fraction=50040 / 375300,
+        ),
+    },
     add_arguments=add_arguments,
     build_data=build_data,
-    sample_masks=sample_vision_masks,
+    sample_masks={1: sample_vision_masks, 2: sample_vision_masks_v2},
 )
 
 

@@ -50,11 +50,11 @@ class ModalitySpec:
     Attributes:
         name: "audio", "vision" or "text".
         model_classes: ``{version: *ForPreTraining class}``.
-        defaults: argument defaults of the released base recipe (learning rate, schedule, ...).
+        defaults: ``{version: {flag: value}}``, the released base recipe (learning rate, schedule, ...).
         add_arguments: adds the modality's own flags to the parser.
         build_data: ``(args, config, accelerator) -> (dataset, collate_fn, processor)``; the processor
             (feature extractor / image processor / tokenizer) is saved with the exported encoder.
-        sample_masks: ``(config, batch, generators) -> dict`` of mask arguments for the model's forward,
+        sample_masks: ``{version: (config, batch, generators) -> dict}`` of mask arguments for the forward,
             one generator per sample so masks do not depend on how batches are split over processes.
         prepare_config: optional hook ``(args, config) -> config`` run before the model is built
             (e.g. to set the vocabulary size from the tokenizer).
@@ -62,10 +62,10 @@ class ModalitySpec:
 
     name: str
     model_classes: dict[int, type]
-    defaults: dict[str, Any]
+    defaults: dict[int, dict[str, Any]]
     add_arguments: Callable[[argparse.ArgumentParser], None]
     build_data: Callable
-    sample_masks: Callable
+    sample_masks: dict[int, Callable]
     prepare_config: Callable | None = None
 
 
@@ -122,29 +122,27 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
     g.add_argument(
         "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer update"
     )
-    g.add_argument(
-        "--learning_rate", type=float, default=spec.defaults["learning_rate"], help="peak learning rate"
-    )
-    g.add_argument(
-        "--weight_decay",
-        type=float,
-        default=spec.defaults["weight_decay"],
-        help="AdamW weight decay (not applied to norms, biases, embeddings)",
-    )
-    g.add_argument("--adam_beta1", type=float, default=spec.defaults["adam_beta1"], help="AdamW beta1")
-    g.add_argument("--adam_beta2", type=float, default=spec.defaults["adam_beta2"], help="AdamW beta2")
-    g.add_argument("--adam_epsilon", type=float, default=spec.defaults["adam_epsilon"], help="AdamW epsilon")
-    g.add_argument(
-        "--max_grad_norm",
-        type=float,
-        default=spec.defaults["max_grad_norm"],
-        help="gradient clipping norm (0 disables)",
-    )
+    recipe_flags = {
+        "learning_rate": (float, "peak learning rate"),
+        "weight_decay": (float, "AdamW weight decay (not applied to norms, biases, embeddings)"),
+        "adam_beta1": (float, "AdamW beta1"),
+        "adam_beta2": (float, "AdamW beta2"),
+        "adam_epsilon": (float, "AdamW epsilon"),
+        "max_grad_norm": (float, "gradient clipping norm (0 disables)"),
+    }
+    for name, (kind, text) in recipe_flags.items():
+        g.add_argument(
+            f"--{name}",
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{text} (default: {recipe_default(spec, name)})",
+        )
     g.add_argument("--max_train_steps", type=int, default=1000, help="number of optimizer updates")
     g.add_argument(
         "--lr_scheduler_type",
-        default=spec.defaults["lr_scheduler_type"],
-        help="tri_stage (fairseq's, for audio) or any transformers scheduler name (cosine, linear, constant_with_warmup, ...)",
+        default=argparse.SUPPRESS,
+        help="tri_stage (fairseq's) or any transformers scheduler name (cosine, linear, constant_with_warmup, ...) "
+        f"(default: {recipe_default(spec, 'lr_scheduler_type')})",
     )
     g.add_argument(
         "--num_warmup_steps",
@@ -204,6 +202,18 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
 
     spec.add_arguments(parser.add_argument_group(spec.name))
     return parser
+
+
+def recipe_default(spec: ModalitySpec, name: str) -> str:
+    """How ``--help`` shows a default that depends on ``--version``."""
+    return ", ".join(f"v{version}: {values[name]}" for version, values in sorted(spec.defaults.items()))
+
+
+def apply_recipe_defaults(spec: ModalitySpec, args) -> None:
+    """Fill the optimisation flags the user did not set from the released recipe of ``--version``."""
+    for name, value in spec.defaults[args.version].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
@@ -305,7 +315,7 @@ def build_scheduler(args, optimizer, spec: ModalitySpec):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, tri_stage_lambda(args.max_train_steps, ratios))
     warmup = args.num_warmup_steps
     if warmup is None:
-        warmup = int(spec.defaults["warmup_fraction"] * args.max_train_steps)
+        warmup = int(args.warmup_fraction * args.max_train_steps)
     return get_scheduler(
         args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=args.max_train_steps
     )
@@ -525,6 +535,7 @@ def export(accelerator, model, processor, args, spec: ModalitySpec, progress: Pr
 def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
     parser = build_parser(spec)
     args = parser.parse_args(argv)
+    apply_recipe_defaults(spec, args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from .data import DataError
 
@@ -570,7 +581,7 @@ def train(spec: ModalitySpec, args) -> None:
         config = model.config
         dataset, collate, processor = spec.build_data(args, config, accelerator)
     streaming = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
-    collator = MaskingCollator(collate, spec.sample_masks, config, args.seed)
+    collator = MaskingCollator(collate, spec.sample_masks[args.version], config, args.seed)
     dataloader = DataLoader(
         WithCounter(dataset) if streaming else WithIndex(dataset),
         batch_size=args.per_device_train_batch_size,

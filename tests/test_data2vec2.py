@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import data2vec_hf
 import pytest
 import torch
+from data2vec_hf.data2vec2 import MaskInfo, gather_positions
+from data2vec_hf.masking import block_mask, random_token_mask
 from transformers import (
     AutoModel,
     AutoModelForAudioClassification,
@@ -13,15 +16,29 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-import data2vec_hf
-from data2vec_hf.data2vec2 import MaskInfo, gather_positions
-from data2vec_hf.masking import block_mask, random_token_mask
-
-SHARED = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, average_top_k_layers=2, decoder_dim=16, decoder_groups=4, decoder_layers=2, clone_batch=3)
+SHARED = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    average_top_k_layers=2,
+    decoder_dim=16,
+    decoder_groups=4,
+    decoder_layers=2,
+    clone_batch=3,
+)
 
 
 def audio_config(**overrides):
-    values = dict(SHARED, conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), conv_pos_kernel_size=7, num_conv_pos_embeddings=2, num_conv_pos_embedding_groups=4)
+    values = dict(
+        SHARED,
+        conv_dim=(32, 32, 32),
+        conv_kernel=(10, 3, 3),
+        conv_stride=(5, 2, 2),
+        conv_pos_kernel_size=7,
+        num_conv_pos_embeddings=2,
+        num_conv_pos_embedding_groups=4,
+    )
     return data2vec_hf.Data2Vec2AudioConfig(**{**values, **overrides})
 
 
@@ -63,7 +80,9 @@ def test_student_sees_only_kept_tokens_and_teacher_runs_once_per_sample(modality
     model, batch = build(modality)
     backbone = getattr(model, model.base_model_prefix)
     calls = []
-    handle = backbone.blocks[0].register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape[:2])))
+    handle = backbone.blocks[0].register_forward_pre_hook(
+        lambda module, args: calls.append(tuple(args[0].shape[:2]))
+    )
     out = model.eval()(**batch)
     handle.remove()
     cfg = model.config
@@ -73,7 +92,10 @@ def test_student_sees_only_kept_tokens_and_teacher_runs_once_per_sample(modality
     assert rows == batch_size * cfg.clone_batch
     assert (out.mask.sum(-1) == out.mask[0].sum()).all()  # same count in every clone
     # two calls of the first block: the student on B*M clones of the kept tokens, the teacher once on B
-    assert calls == [(batch_size * cfg.clone_batch, kept + cfg.num_extra_tokens), (batch_size, length + cfg.num_extra_tokens)]
+    assert calls == [
+        (batch_size * cfg.clone_batch, kept + cfg.num_extra_tokens),
+        (batch_size, length + cfg.num_extra_tokens),
+    ]
     assert out.num_masked.item() == out.mask.sum().item() == out.prediction.shape[0]
     # the clones of one sample get different masks
     assert not torch.equal(out.mask[0], out.mask[1])
@@ -131,7 +153,14 @@ def test_decoder_input_restores_original_order():
 
 @pytest.mark.parametrize("modality", sorted(MODELS))
 def test_loss_falls_on_a_fixed_batch(modality):
-    model, batch = build(modality, hidden_dropout=0.0, attention_dropout=0.0, post_mlp_dropout=0.0, layerdrop=0.0, decoder_input_dropout=0.0)
+    model, batch = build(
+        modality,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        post_mlp_dropout=0.0,
+        layerdrop=0.0,
+        decoder_input_dropout=0.0,
+    )
     model.train()
     _, _, mask_arg = MODELS[modality]
     with torch.no_grad():
@@ -172,7 +201,10 @@ def test_save_load_round_trip(modality, tmp_path):
 
 
 HEADS = {
-    "audio": [(AutoModelForCTC, data2vec_hf.Data2Vec2AudioForCTC), (AutoModelForAudioClassification, data2vec_hf.Data2Vec2AudioForSequenceClassification)],
+    "audio": [
+        (AutoModelForCTC, data2vec_hf.Data2Vec2AudioForCTC),
+        (AutoModelForAudioClassification, data2vec_hf.Data2Vec2AudioForSequenceClassification),
+    ],
     "vision": [(AutoModelForImageClassification, data2vec_hf.Data2Vec2VisionForImageClassification)],
     "text": [(AutoModelForSequenceClassification, data2vec_hf.Data2Vec2TextForSequenceClassification)],
 }
@@ -187,7 +219,10 @@ def test_heads_load_pretrained_encoder_and_train(modality, tmp_path):
         head = auto_cls.from_pretrained(tmp_path, num_labels=3)
         assert type(head) is head_cls
         with torch.no_grad():
-            torch.testing.assert_close(getattr(head.eval(), head.base_model_prefix)(**batch).last_hidden_state, backbone(**batch).last_hidden_state)
+            torch.testing.assert_close(
+                getattr(head.eval(), head.base_model_prefix)(**batch).last_hidden_state,
+                backbone(**batch).last_hidden_state,
+            )
         head.train()
         if head_cls is data2vec_hf.Data2Vec2AudioForCTC:
             labels = torch.tensor([[1, 2, 3], [4, 5, -100]])
@@ -224,7 +259,9 @@ def test_padding_does_not_change_real_positions(modality):
 
 
 def test_gradient_checkpointing_gives_same_gradients():
-    model, batch = build("text", hidden_dropout=0.0, attention_dropout=0.0, post_mlp_dropout=0.0, embedding_dropout=0.0)
+    model, batch = build(
+        "text", hidden_dropout=0.0, attention_dropout=0.0, post_mlp_dropout=0.0, embedding_dropout=0.0
+    )
     head = data2vec_hf.Data2Vec2TextForSequenceClassification(model.config)
     head.train()
     labels = torch.tensor([0, 1])

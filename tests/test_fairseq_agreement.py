@@ -111,7 +111,11 @@ def test_text_targets_and_loss(text):
 
 # ---------------------------------------------------------------------------------------- data2vec 2.0
 
-V2 = {"d2v2_audio": ("input_values", "mask_time_indices"), "d2v2_image": ("pixel_values", "bool_masked_pos"), "d2v2_text": ("input_ids", "masked_positions")}
+V2 = {
+    "d2v2_audio": ("input_values", "mask_time_indices"),
+    "d2v2_image": ("pixel_values", "bool_masked_pos"),
+    "d2v2_text": ("input_ids", "masked_positions"),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(V2))

@@ -37,6 +37,15 @@ TINY_TEXT = (
 )
 
 
+V2 = ",decoder_dim=16,decoder_groups=4,decoder_layers=2,clone_batch=2"
+TINY_V2 = {
+    "audio": TINY_AUDIO.replace(",mask_length=4", "") + V2,
+    "vision": TINY_VISION.replace(",min_mask_patches_per_block=2", "") + V2 + ",prenet_depth=1",
+    "text": TINY_TEXT.replace(",mlm_probability=0.3,mask_span_length=1", "")
+    + V2.replace("decoder_groups=4", "decoder_groups=1"),
+}
+
+
 def launch(
     script: str, args: list[str], num_processes: int = 1, **popen
 ) -> subprocess.CompletedProcess | subprocess.Popen:
@@ -133,11 +142,13 @@ def test_help_documents_every_flag_with_default():
         "--version",
     ):
         assert flag in result.stdout
-    assert "resampled" in result.stdout and "(default: 0.0005)" in result.stdout
+    assert "resampled" in result.stdout and "(default: v1: 0.0005, v2: 0.00075)" in result.stdout
+    assert "(default: None)" not in result.stdout.split("--learning_rate")[1].split("--weight_decay")[0]
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("modality", ["audio", "vision", "text"])
-def test_script_end_to_end(modality, tmp_path):
+def test_script_end_to_end(modality, version, tmp_path):
     data = tmp_path / "data"
     out = tmp_path / "out"
     if modality == "audio":
@@ -170,11 +181,17 @@ def test_script_end_to_end(modality, tmp_path):
             max_seq_length=64,
             bpe_vocab_size=300,
         )
+    if version == 2:
+        args[args.index("--config_overrides") + 1] = TINY_V2[modality]
+        args += ["--version", "2"]
     check_ok(launch(f"pretrain_{modality}.py", args))
     result = summary(out)
     assert result["updates"] == 3 and np.isfinite(result["last"]["loss"])
     encoder = AutoModel.from_pretrained(out)
-    assert type(encoder).__module__.startswith("transformers.models.data2vec")
+    if version == 1:
+        assert type(encoder).__module__.startswith("transformers.models.data2vec")
+    else:
+        assert type(encoder).__name__.startswith("Data2Vec2")
     assert (out / "pretraining_model" / "config.json").exists() and (out / "README.md").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-3"]
 
