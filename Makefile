@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `import torchvision` (and with it timm), so the two are pinned as a pair.
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install system-deps test lint demo clean
+.PHONY: install system-deps test lint demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: install
 demo: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) pretraining/demo.py
 
+
+# data2vec 1.0 vs 2.0 pretraining throughput (base audio, 2 x 4 s clips); prints one JSON object
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
