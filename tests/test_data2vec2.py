@@ -272,3 +272,29 @@ def test_gradient_checkpointing_gives_same_gradients():
     head(**batch, labels=labels).loss.backward()
     for name, grad in reference.items():
         torch.testing.assert_close(dict(head.named_parameters())[name].grad, grad, rtol=1e-5, atol=1e-6)
+
+
+def test_head_trains_with_transformers_trainer(tmp_path):
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    class Tiny(Dataset):
+        def __init__(self):
+            generator = torch.Generator().manual_seed(0)
+            self.ids = torch.randint(4, 40, (16, 10), generator=generator)
+            self.labels = (self.ids[:, 1] > 20).long()  # learnable from the second token
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "attention_mask": torch.ones(10, dtype=torch.long), "labels": self.labels[i]}
+
+    torch.manual_seed(0)
+    model = data2vec_hf.Data2Vec2TextForSequenceClassification(text_config(num_labels=2))
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1)
+    result = Trainer(model=model, args=args, train_dataset=Tiny()).train()
+    assert result.global_step == 4 and torch.isfinite(torch.tensor(result.training_loss))
+    model.save_pretrained(tmp_path / "head")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head")
+    assert type(loaded) is data2vec_hf.Data2Vec2TextForSequenceClassification
