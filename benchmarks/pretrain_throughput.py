@@ -21,9 +21,8 @@ import os
 import threading
 import time
 
-import torch
-
 import data2vec_hf
+import torch
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 TINY = dict(
@@ -106,11 +105,17 @@ def run(model, batch, steps: int, warmup: int, device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--size", choices=["base", "tiny"], default="base", help="encoder size of both versions")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--size", choices=["base", "tiny"], default="base", help="encoder size of both versions"
+    )
     parser.add_argument("--batch_size", type=int, default=2, help="clips per step")
     parser.add_argument("--seconds", type=float, default=4.0, help="clip length")
-    parser.add_argument("--clone_batch", type=int, default=8, help="data2vec 2.0 masked clones per sample (M)")
+    parser.add_argument(
+        "--clone_batch", type=int, default=8, help="data2vec 2.0 masked clones per sample (M)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per version")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -121,14 +126,23 @@ def main() -> None:
     size = BASE if args.size == "base" else TINY
     batch = {"input_values": torch.randn(args.batch_size, int(16000 * args.seconds))}
     v1 = data2vec_hf.Data2VecAudioForPreTraining(data2vec_hf.Data2VecAudioPreTrainingConfig(**size))
-    result = {"device": str(device), "size": args.size, "batch_size": args.batch_size, "seconds": args.seconds}
+    result = {
+        "device": str(device),
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "seconds": args.seconds,
+    }
     result["v1"] = run(v1, batch, args.steps, args.warmup, device)
     del v1
     v2_size = {k: v for k, v in size.items()}
-    v2 = data2vec_hf.Data2Vec2AudioForPreTraining(data2vec_hf.Data2Vec2AudioConfig(**v2_size, clone_batch=args.clone_batch))
+    v2 = data2vec_hf.Data2Vec2AudioForPreTraining(
+        data2vec_hf.Data2Vec2AudioConfig(**v2_size, clone_batch=args.clone_batch)
+    )
     result["v2"] = run(v2, batch, args.steps, args.warmup, device)
     result["v2"]["clone_batch"] = args.clone_batch
-    result["targets_per_s_ratio"] = round(result["v2"]["masked_targets_per_s"] / result["v1"]["masked_targets_per_s"], 3)
+    result["targets_per_s_ratio"] = round(
+        result["v2"]["masked_targets_per_s"] / result["v1"]["masked_targets_per_s"], 3
+    )
     print(json.dumps(result))
 
 

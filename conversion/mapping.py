@@ -40,10 +40,50 @@ class KeyMapping:
                 return pattern.sub(target, key)
         raise KeyError(key)
 
+    def with_source_prefix(self, prefix: str) -> KeyMapping:
+        """The same layout nested under ``prefix`` (a regex), e.g. fairseq's fine-tuning wrapper
+        ``w2v_encoder.w2v_model.`` around a pretraining model."""
+        return KeyMapping(
+            rules=[(prefix + pattern, target) for pattern, target in self.rules],
+            drop=[prefix + pattern for pattern in self.drop],
+        )
+
+
+@dataclass
+class ExportView:
+    r"""One source layout seen from one exported model.
+
+    ``mapping`` maps the source layout onto the names of the *full* model (e.g. a pretraining model
+    with head and teacher). The view keeps the targets under the ``rename`` prefixes (renaming the
+    prefix, e.g. ``data2vec_audio.`` → ``""`` for the bare encoder), explicitly drops the targets
+    matching ``drop_targets`` (anchored regexes, e.g. ``teacher\..*``) and the source keys matching
+    ``drop_sources``. A target neither kept nor dropped is an error, like an unmapped source key.
+    """
+
+    mapping: KeyMapping
+    rename: list[tuple[str, str]]
+    drop_targets: list[str] = field(default_factory=list)
+    drop_sources: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._drop_targets = [re.compile(f"^{pattern}$") for pattern in self.drop_targets]
+        self._drop_sources = [re.compile(f"^{pattern}$") for pattern in self.drop_sources]
+
+    def target_of(self, key: str) -> str | None:
+        if any(p.match(key) for p in self._drop_sources):
+            return None
+        target = self.mapping.target_of(key)
+        if target is None or any(p.match(target) for p in self._drop_targets):
+            return None
+        for old, new in self.rename:
+            if target.startswith(old):
+                return new + target[len(old) :]
+        raise KeyError(key)
+
 
 def map_state_dict(
     source: Mapping[str, torch.Tensor],
-    mapping: KeyMapping,
+    mapping: KeyMapping | ExportView,
     target_shapes: Mapping[str, Iterable[int]],
     extra: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -75,10 +115,15 @@ def map_state_dict(
         ("shape mismatches", mismatched),
         ("model tensors not filled by the checkpoint", missing),
     ]
-    message = "; ".join(f"{what}: {', '.join(names)}" for what, names in problems if names)
+    message = "; ".join(f"{what}: {_listing(names)}" for what, names in problems if names)
     if message:
         raise ConversionError(message)
     return result
+
+
+def _listing(names: list[str], limit: int = 40) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} (and {len(names) - limit} more)"
 
 
 def flatten_nested(state: Mapping, prefix: str = "", separator: str = "/") -> dict[str, torch.Tensor]:

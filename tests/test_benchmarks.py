@@ -11,7 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pretrain_throughput_prints_json():
-    command = [sys.executable, str(ROOT / "benchmarks" / "pretrain_throughput.py"), "--size", "tiny", "--steps", "1", "--warmup", "0", "--seconds", "1", "--clone_batch", "4"]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "pretrain_throughput.py"),
+        "--size",
+        "tiny",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--seconds",
+        "1",
+        "--clone_batch",
+        "4",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

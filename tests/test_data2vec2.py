@@ -288,11 +288,23 @@ def test_head_trains_with_transformers_trainer(tmp_path):
             return len(self.ids)
 
         def __getitem__(self, i):
-            return {"input_ids": self.ids[i], "attention_mask": torch.ones(10, dtype=torch.long), "labels": self.labels[i]}
+            return {
+                "input_ids": self.ids[i],
+                "attention_mask": torch.ones(10, dtype=torch.long),
+                "labels": self.labels[i],
+            }
 
     torch.manual_seed(0)
     model = data2vec_hf.Data2Vec2TextForSequenceClassification(text_config(num_labels=2))
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
     result = Trainer(model=model, args=args, train_dataset=Tiny()).train()
     assert result.global_step == 4 and torch.isfinite(torch.tensor(result.training_loss))
     model.save_pretrained(tmp_path / "head")
