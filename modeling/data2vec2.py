@@ -165,6 +165,11 @@ def sample_clone_masks(config, grid: tuple[int, ...], padding: list, generators:
     return torch.stack(rows)
 
 
+def dropout(p: float) -> nn.Module:
+    """``nn.Dropout(p)``, or nothing for p = 0 (a zero-probability dropout still copies in training)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class Data2Vec2Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection, through ``scaled_dot_product_attention``."""
 
@@ -174,7 +179,7 @@ class Data2Vec2Attention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_dropout = config.attention_dropout
-        self.proj_dropout = nn.Dropout(config.hidden_dropout)
+        self.proj_dropout = dropout(config.hidden_dropout)
 
     def forward(self, x, attention_bias: torch.Tensor | None = None):
         batch, length, dim = x.shape
@@ -192,7 +197,7 @@ class Data2Vec2FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.activation_dropout)
+        self.dropout = dropout(config.activation_dropout)
 
     def forward(self, x):
         return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
@@ -210,7 +215,7 @@ class Data2Vec2Block(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = Data2Vec2FeedForward(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.post_mlp_dropout = nn.Dropout(config.post_mlp_dropout)
+        self.post_mlp_dropout = dropout(config.post_mlp_dropout)
         self.drop_path = drop_path
 
     def _drop_path(self, x):
@@ -335,7 +340,7 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
         self.context_norm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if self.has_context_norm else None
         )
-        self.context_dropout = nn.Dropout(config.prenet_dropout)
+        self.context_dropout = dropout(config.prenet_dropout)
         self.prenet = nn.ModuleList(Data2Vec2Block(config) for _ in range(config.prenet_depth))
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.blocks = nn.ModuleList(Data2Vec2Block(config, rate) for rate in rates)
