@@ -170,6 +170,13 @@ def dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Mean squared error for one label (regression, e.g. STS-B), cross-entropy otherwise."""
+    if num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+
+
 class Data2Vec2Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection, through ``scaled_dot_product_attention``."""
 
@@ -463,7 +470,13 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
     """The 2.0 pretraining step: M masked clones after the local encoder, the student on the kept
     positions only, the decoder on all positions, the teacher once per sample."""
 
-    decoder_dims: ClassVar[int] = 1
+    def _setup(self, backbone: Data2Vec2Backbone, decoder: nn.Module) -> None:
+        """Attach the student encoder (under ``base_model_prefix``), the decoder and the EMA teacher."""
+        setattr(self, self.base_model_prefix, backbone)
+        self.decoder = decoder
+        self._build_teacher()
+        self.post_init()
+        self.reset_teacher()
 
     @property
     def teacher_shared(self) -> tuple[str, ...]:

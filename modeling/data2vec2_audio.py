@@ -19,6 +19,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainedModel,
     Data2Vec2PreTrainingMixin,
     Decoder,
+    classification_loss,
     sample_clone_masks,
 )
 from .data2vec_audio import num_frames
@@ -149,11 +150,7 @@ class Data2Vec2AudioForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTraine
 
     def __init__(self, config: Data2Vec2AudioConfig):
         super().__init__(config)
-        self.data2vec2_audio = Data2Vec2AudioModel(config)
-        self.decoder = Decoder(config, dims=1)
-        self._build_teacher()
-        self.post_init()
-        self.reset_teacher()
+        self._setup(Data2Vec2AudioModel(config), Decoder(config, dims=1))
 
     def forward(self, input_values, attention_mask=None, mask_time_indices=None, **kwargs):
         """``mask_time_indices``: (B * clone_batch) x frames booleans with equal counts per row."""
@@ -242,7 +239,5 @@ class Data2Vec2AudioForSequenceClassification(Data2Vec2PreTrainedModel):
             )
             pooled = (hidden * real).sum(1) / real.sum(1).clamp(min=1)
         logits = self.classifier(pooled)
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        loss = None if labels is None else classification_loss(logits, labels, self.config.num_labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

@@ -15,6 +15,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainedModel,
     Data2Vec2PreTrainingMixin,
     Decoder,
+    classification_loss,
     sample_clone_masks,
 )
 from .objective import OBJECTIVE_DOC
@@ -136,11 +137,7 @@ class Data2Vec2TextForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrained
 
     def __init__(self, config: Data2Vec2TextConfig):
         super().__init__(config)
-        self.data2vec2_text = Data2Vec2TextModel(config)
-        self.decoder = Decoder(config, dims=1)
-        self._build_teacher()
-        self.post_init()
-        self.reset_teacher()
+        self._setup(Data2Vec2TextModel(config), Decoder(config, dims=1))
 
     def forward(self, input_ids, attention_mask=None, masked_positions=None, **kwargs):
         """``masked_positions``: (B * clone_batch) x T booleans with equal counts per row."""
@@ -171,10 +168,5 @@ class Data2Vec2TextForSequenceClassification(Data2Vec2PreTrainedModel):
         )
         x = self.dropout(out.last_hidden_state[:, 0])
         logits = self.out_proj(self.dropout(torch.tanh(self.dense(x))))
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-            else:
-                loss = nn.functional.cross_entropy(logits, labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config.num_labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

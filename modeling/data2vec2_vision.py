@@ -16,6 +16,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainedModel,
     Data2Vec2PreTrainingMixin,
     Decoder,
+    classification_loss,
     sample_clone_masks,
 )
 from .objective import OBJECTIVE_DOC
@@ -155,11 +156,9 @@ class Data2Vec2VisionForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrain
         super().__init__(config)
         if config.cls_loss > 0 and config.num_extra_tokens < 1:
             raise ValueError("cls_loss needs num_extra_tokens >= 1")
-        self.data2vec2_vision = Data2Vec2VisionModel(config)
-        self.decoder = Decoder(config, dims=2, grid=(config.grid_size, config.grid_size))
-        self._build_teacher()
-        self.post_init()
-        self.reset_teacher()
+        self._setup(
+            Data2Vec2VisionModel(config), Decoder(config, dims=2, grid=(config.grid_size, config.grid_size))
+        )
 
     def sequence_grid(self, length: int) -> tuple[int, ...]:
         return (self.config.grid_size, self.config.grid_size)
@@ -189,10 +188,5 @@ class Data2Vec2VisionForImageClassification(Data2Vec2PreTrainedModel):
         out = self.data2vec2_vision(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         pooled = self.fc_norm(out.last_hidden_state[:, self.config.num_extra_tokens :].mean(1))
         logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-            else:
-                loss = nn.functional.cross_entropy(logits, labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config.num_labels)
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
