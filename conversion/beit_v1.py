@@ -36,7 +36,7 @@ from transformers.models.data2vec.modeling_data2vec_vision import Data2VecVision
 from .checkpoint import plain
 from .core import Conversion, Options, Source, build_model, require
 from .mapping import ConversionError, ExportView, KeyMapping, safe_literal
-from .processors import beit_image_processor
+from .processors import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, beit_image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ EMA_PREFIX = "model_ema/"
 
 # heads of the BEiT model names the codebase registers (timm `create_model` names)
 _HEADS_BY_MODEL = {"base": 12, "large": 16, "huge": 16}
-IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def beit_state(checkpoint: Mapping) -> dict[str, torch.Tensor] | None:

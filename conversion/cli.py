@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="data2vec-convert",
         description=(
             "Convert a fairseq data2vec checkpoint (data2vec 1.0 audio: pretrained or CTC fine-tuned; "
-            "1.0 text; 1.0 vision from the BEiT codebase: pretrained or ImageNet fine-tuned) into a "
-            "folder that transformers' AutoModel.from_pretrained loads. Modality and version are "
-            "detected from the checkpoint's own config."
+            "1.0 text; 1.0 vision from the BEiT codebase: pretrained or ImageNet fine-tuned; data2vec 2.0 "
+            "audio, image and text: pretrained, CTC / image-classification / text-classification "
+            "fine-tuned) into a folder that transformers' AutoModel.from_pretrained loads (after "
+            "`import data2vec_hf` for 2.0). Modality and version are detected from the checkpoint's own "
+            "config."
         ),
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="fairseq / BEiT-codebase .pt file")
@@ -48,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--export",
         choices=EXPORTS,
         default="auto",
-        help="auto: the encoder of a pretrained file, the task model (CTC, image classification) of a "
-        "fine-tuned one; encoder: the bare encoder (heads dropped); pretraining: the full "
-        "Data2Vec*ForPreTraining (student, regression head, EMA teacher; needs `import data2vec_hf`)",
+        help="auto: the encoder of a pretrained file, the task model (CTC, image or text classification) "
+        "of a fine-tuned one; encoder: the bare encoder (heads, decoder and EMA teacher dropped); "
+        "pretraining: the full Data2Vec*ForPreTraining / Data2Vec2*ForPreTraining (student, regression "
+        "head or decoder, EMA teacher; needs `import data2vec_hf`)",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
 
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     detection.add_argument(
         "--version",
         choices=("1", "2"),
-        help="force the data2vec version (2.0 files are recognised and refused for now)",
+        help="force the data2vec version",
     )
     detection.add_argument(
         "--model_config",
@@ -140,8 +143,18 @@ def _check_inputs(args, output_dir: Path) -> None:
 
 
 def _usage(conversion: Conversion, repo: str, has_processor: bool, has_tokenizer: bool) -> str:
+    usage = _usage_body(conversion, repo, has_processor, has_tokenizer)
+    if conversion.version == "2.0" and conversion.export != "pretraining":
+        usage = (
+            "import data2vec_hf  # registers the data2vec 2.0 models with transformers' Auto classes\n"
+            + usage
+        )
+    return usage
+
+
+def _usage_body(conversion: Conversion, repo: str, has_processor: bool, has_tokenizer: bool) -> str:
     model_cls = type(conversion.model).__name__
-    if conversion.needs_data2vec_hf:
+    if conversion.export == "pretraining":
         return (
             "import data2vec_hf  # registers the data2vec pretraining models\n"
             "from transformers import AutoModelForPreTraining\n\n"
@@ -170,14 +183,18 @@ def _usage(conversion: Conversion, repo: str, has_processor: bool, has_tokenizer
             "hidden_states = model(**inputs).last_hidden_state"
         )
     if conversion.modality == "text":
-        lines = ["from transformers import AutoModel" + (", AutoTokenizer" if has_tokenizer else ""), ""]
+        classifier = conversion.export == "sequence-classification"
+        auto = "AutoModelForSequenceClassification" if classifier else "AutoModel"
+        lines = [f"from transformers import {auto}" + (", AutoTokenizer" if has_tokenizer else ""), ""]
         if has_tokenizer:
             lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo}")')
-        lines.append(f'model = AutoModel.from_pretrained("{repo}")  # {model_cls}')
+        lines.append(f'model = {auto}.from_pretrained("{repo}")  # {model_cls}')
         if has_tokenizer:
             lines += [
                 'inputs = tokenizer("Hello world!", return_tensors="pt")',
-                "hidden_states = model(**inputs).last_hidden_state",
+                "logits = model(**inputs).logits"
+                if classifier
+                else "hidden_states = model(**inputs).last_hidden_state",
             ]
         return "\n".join(lines)
     auto = "AutoModelForImageClassification" if conversion.export == "image-classification" else "AutoModel"
@@ -311,7 +328,7 @@ def convert(args) -> Path:
                 checks += fairseq_checks
             if args.verify:
                 reference_checks = compare_with_reference(
-                    conversion.model, conversion.modality, args.verify, args.tolerance
+                    conversion.model, conversion.modality, args.verify, args.tolerance, conversion.version
                 )
                 require_agreement(reference_checks, f"reference {Path(args.verify).name}")
                 checks += reference_checks

@@ -57,8 +57,9 @@ class Conversion:
     model: PreTrainedModel
     version: str  # "1.0" | "2.0"
     modality: str  # "audio" | "text" | "vision"
-    kind: str  # what the source is: "pretrained", "CTC fine-tuned", "ImageNet fine-tuned"
-    export: str  # what was written: "encoder", "ctc", "image-classification", "pretraining"
+    kind: str  # what the source is: "pretrained", "CTC fine-tuned", "image-classification fine-tuned", …
+    # what was written: "encoder", "ctc", "image-classification", "sequence-classification", "pretraining"
+    export: str
     pipeline_tag: str
     processors: list = field(default_factory=list)  # objects with save_pretrained(dir)
     notes: list[str] = field(default_factory=list)
@@ -69,7 +70,7 @@ class Conversion:
 @dataclass(frozen=True)
 class Converter:
     """One entry of the registry. ``convert`` is None for recognised-but-unsupported formats, in which
-    case ``unsupported`` says why (e.g. data2vec 2.0 for now)."""
+    case ``unsupported`` says why."""
 
     name: str
     version: str

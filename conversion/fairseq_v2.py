@@ -1,27 +1,93 @@
-"""fairseq data2vec 2.0 (``data2vec_multi``) → data2vec_hf ``Data2Vec2*ForPreTraining``: configs and weights.
+"""fairseq data2vec 2.0 (``data2vec_multi``) → data2vec_hf ``Data2Vec2*``: configs, weight layouts, converter.
 
 Layout facts from fairseq's ``examples/data2vec/models/data2vec2.py`` and ``modalities/*.py``. Only the
 post-LN block layout (``layer_norm_first=False``, used by every released 2.0 model) is supported.
+
+Source formats (the ``data2vec_multi`` state dict, possibly nested in a fine-tuning wrapper):
+
+* pretrained ``data2vec_multi``: student (``modality_encoders.<M>.*``, ``blocks.*``), convolutional
+  decoder (``modality_encoders.<M>.decoder.*``) and the EMA teacher as a nested ``_ema`` dict (the
+  blocks only, keyed ``N.*``, when ``ema_encoder_only``; otherwise a model copy without decoder);
+* ``wav2vec_ctc`` around it (``fairseq/models/wav2vec/wav2vec2_asr.py``): ``w2v_encoder.w2v_model.*``
+  (pretraining modules removed) + the output projection ``w2v_encoder.proj``; config in ``w2v_args``;
+* ``mae_image_classification`` around it (``examples/data2vec/models/mae_image_classification.py``, the
+  fine-tuning model of the released ImageNet checkpoints): ``model.*`` + ``fc_norm`` (LayerNorm, eps
+  1e-6) on the mean of the patch tokens + ``head``; config in ``pretrained_model_args``;
+* ``data2vec_text_classification`` around it (``examples/data2vec/models/data2vec_text_classification.py``):
+  ``model.*`` + a RoBERTa classification head ``classification_heads.<name>.{dense,out_proj}`` on the first
+  token; config in ``pretrained_model_args``.
+
+One :class:`~.mapping.KeyMapping` per modality maps the ``data2vec_multi`` names onto the *pretraining*
+model's names; every export (encoder, pretraining, task heads) is an :class:`~.mapping.ExportView` of it
+(plus the head rules), so the decoder and EMA copies are dropped by name when exporting an encoder.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from data2vec_hf import (
     Data2Vec2AudioConfig,
+    Data2Vec2AudioForCTC,
     Data2Vec2AudioForPreTraining,
+    Data2Vec2AudioModel,
     Data2Vec2TextConfig,
     Data2Vec2TextForPreTraining,
+    Data2Vec2TextForSequenceClassification,
+    Data2Vec2TextModel,
     Data2Vec2VisionConfig,
+    Data2Vec2VisionForImageClassification,
     Data2Vec2VisionForPreTraining,
+    Data2Vec2VisionModel,
+)
+from data2vec_hf.data2vec2_vision import sincos_positions_2d
+
+from .checkpoint import plain
+from .core import Conversion, Options, Source, build_model
+from .fairseq_v1 import fairseq_state_dict
+from .mapping import ConversionError, ExportView, KeyMapping, safe_literal
+from .processors import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    audio_feature_extractor,
+    ctc_processor,
+    mae_image_processor,
+    roberta_tokenizer,
 )
 
-from .fairseq_v1 import fairseq_state_dict
-from .mapping import ConversionError, KeyMapping, map_state_dict, safe_literal
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "data2vec_multi"
+CTC_WRAPPERS = ("wav2vec_ctc", "wav2vec2_ctc")
+IMAGE_CLASSIFIER = "mae_image_classification"
+TEXT_CLASSIFIER = "data2vec_text_classification"
+#: fine-tuning wrappers recognised around a data2vec_multi model but refused (see ``_refused_wrapper``)
+REFUSED_WRAPPERS = ("data2vec_image_classification", "audio_classification")
+#: wrapper name → (config field holding the pretraining config, source-key prefix of the wrapped model)
+_WRAPPED = {
+    **{name: ("w2v_args", "w2v_encoder.w2v_model.") for name in CTC_WRAPPERS},
+    IMAGE_CLASSIFIER: ("pretrained_model_args", "model."),
+    TEXT_CLASSIFIER: ("pretrained_model_args", "model."),
+    "data2vec_image_classification": ("pretrained_model_args", "model."),
+    "audio_classification": ("d2v_args", "d2v_model."),
+}
 
 BLOCK = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+POSITIONS = r"modality_encoders\.IMAGE\.fixed_positional_encoder\.positions"
+_TASK_MODALITY = {
+    "audio_pretraining": "AUDIO",
+    "audio_finetuning": "AUDIO",
+    "image_pretraining": "IMAGE",
+    "mae_image_pretraining": "IMAGE",
+    "image_classification": "IMAGE",
+    "mae_image_classification": "IMAGE",
+    "masked_lm": "TEXT",
+    "sentence_prediction": "TEXT",
+}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -29,10 +95,82 @@ def _require(condition: bool, message: str) -> None:
         raise ConversionError(message)
 
 
+# ------------------------------------------------------------------------------------------ formats
+
+
+@dataclass
+class Format:
+    """Where the ``data2vec_multi`` model sits in a file and which fine-tuned head it carries."""
+
+    wrapper: str | None  # the fine-tuning model's _name; None for a pretrained file
+    model_cfg: dict  # the data2vec_multi model config
+    task_cfg: dict  # the pretraining task config
+    prefix: str = ""  # source-key prefix of the data2vec_multi state dict
+    wrapper_cfg: dict = field(default_factory=dict)
+    wrapper_task: dict = field(default_factory=dict)
+
+
+def _pretraining_sections(args) -> tuple[dict, dict] | None:
+    """``(model, task)`` of a pretraining config stored inside a fine-tuning config (``w2v_args`` or
+    ``pretrained_model_args``): a full fairseq config or a legacy flat namespace."""
+    args = plain(args)
+    if not isinstance(args, Mapping):
+        return None
+    if isinstance(args.get("model"), Mapping):
+        return dict(args["model"]), dict(args.get("task") or {})
+    model = dict(args)  # legacy flat namespace
+    model.setdefault("_name", args.get("arch"))
+    return model, dict(args)
+
+
+def find_format(sections: tuple[dict, dict] | None) -> Format | None:
+    """The :class:`Format` of a fairseq file whose (inner) model is ``data2vec_multi``, else None."""
+    if not sections:
+        return None
+    model_cfg, task_cfg = sections
+    name = model_cfg.get("_name")
+    if name == MODEL_NAME:
+        return Format(None, dict(model_cfg), dict(task_cfg))
+    if name not in _WRAPPED:
+        return None
+    key, prefix = _WRAPPED[name]
+    inner = _pretraining_sections(model_cfg.get(key))
+    if inner is None or inner[0].get("_name") != MODEL_NAME:
+        return None
+    return Format(name, inner[0], inner[1], prefix, dict(model_cfg), dict(task_cfg))
+
+
+def modality_key(fmt: Format) -> str | None:
+    """``AUDIO`` / ``IMAGE`` / ``TEXT`` from ``supported_modality`` (or, without it, the task)."""
+    supported = fmt.model_cfg.get("supported_modality")
+    if isinstance(supported, str) and supported.upper() in MODALITIES:
+        return supported.upper()
+    if supported is None:
+        return _TASK_MODALITY.get(fmt.task_cfg.get("_name"))
+    return None
+
+
+def modality_of(source: Source) -> str | None:
+    """The modality (``audio``/``vision``/``text``) of a data2vec 2.0 file, for messages and detection."""
+    fmt = find_format(source.sections)
+    key = modality_key(fmt) if fmt else None
+    return {"AUDIO": "audio", "IMAGE": "vision", "TEXT": "text"}.get(key)
+
+
+def is_data2vec2(source: Source) -> bool:
+    return find_format(source.sections) is not None
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
 def _shared_config(model_cfg: Mapping, modality_cfg: Mapping) -> dict:
     _require(
         not model_cfg.get("layer_norm_first", False),
         "layer_norm_first=True (pre-LN) 2.0 models are not supported",
+    )
+    _require(
+        model_cfg.get("norm_affine", True), "norm_affine=False (LayerNorms without weights) is not supported"
     )
     _require(model_cfg.get("shared_decoder") is None, "a shared decoder is not supported")
     _require(not model_cfg.get("recon_loss"), "recon_loss is not supported")
@@ -101,6 +239,90 @@ def _shared_config(model_cfg: Mapping, modality_cfg: Mapping) -> dict:
     return fields
 
 
+def v2_config(model_cfg: Mapping, state: Mapping[str, torch.Tensor], prefix: str = "", **extra):
+    """The ``Data2Vec2*Config`` of a (plain-dict) ``data2vec_multi`` model config; ``extra`` adds head
+    fields (``vocab_size``, ``num_labels``, dropouts). ``prefix``: where the model's tensors sit in
+    ``state`` (the text vocabulary is read from the embedding's shape)."""
+    modality = model_cfg.get("supported_modality")
+    modality = modality.upper() if isinstance(modality, str) else modality
+    _require(
+        modality in MODALITIES,
+        f"unsupported or missing supported_modality {modality!r} (a multi-modality checkpoint?)",
+    )
+    modalities = model_cfg.get("modalities") or {}
+    _require(
+        isinstance(modalities.get(modality.lower()), Mapping),
+        f"the model config has no modalities.{modality.lower()} section",
+    )
+    modality_cfg = modalities[modality.lower()]
+    fields = {**_shared_config(model_cfg, modality_cfg), **extra}
+    alibi_heads = modality_cfg.get("num_alibi_heads", model_cfg["num_heads"])
+    _require(
+        not modality_cfg.get("use_alibi_encoder") or alibi_heads == model_cfg["num_heads"],
+        f"num_alibi_heads={alibi_heads} differs from num_heads={model_cfg['num_heads']}",
+    )
+    if modality == "AUDIO":
+        _require(
+            modality_cfg.get("extractor_mode", "layer_norm") == "layer_norm",
+            "only extractor_mode=layer_norm is supported",
+        )
+        _require(not modality_cfg.get("conv_pos_pre_ln"), "conv_pos_pre_ln is not supported")
+        conv = safe_literal(modality_cfg["feature_encoder_spec"])
+        depth = modality_cfg.get("conv_pos_depth", 5)
+        return Data2Vec2AudioConfig(
+            conv_dim=tuple(c[0] for c in conv),
+            conv_kernel=tuple(c[1] for c in conv),
+            conv_stride=tuple(c[2] for c in conv),
+            num_conv_pos_embeddings=depth,
+            conv_pos_kernel_size=max(3, modality_cfg.get("conv_pos_width", 95) // depth),
+            num_conv_pos_embedding_groups=modality_cfg.get("conv_pos_groups", 16),
+            use_alibi=bool(modality_cfg.get("use_alibi_encoder", False)),
+            alibi_scale_init=modality_cfg.get("alibi_scale", 1.0),
+            learned_alibi_scale=bool(modality_cfg.get("learned_alibi_scale", False)),
+            **fields,
+        )
+    if modality == "IMAGE":
+        _require(
+            modality_cfg.get("embed_dim", model_cfg["embed_dim"]) == model_cfg["embed_dim"],
+            "a patch embedding of another width is not supported",
+        )
+        _require(
+            modality_cfg.get("fixed_positions", True) and not modality_cfg.get("use_alibi_encoder"),
+            "only fixed sin-cos positions are supported for images",
+        )
+        _require(not modality_cfg.get("transformer_decoder"), "transformer decoders are not supported")
+        return Data2Vec2VisionConfig(
+            image_size=modality_cfg.get("input_size", 224),
+            patch_size=modality_cfg.get("patch_size", 16),
+            num_channels=modality_cfg.get("in_chans", 3),
+            **fields,
+        )
+    _require(
+        modality_cfg.get("learned_pos", True) and modality_cfg.get("no_scale_embedding", True),
+        "only learned positions without embedding scaling are supported",
+    )
+    _require(modality_cfg.get("layernorm_embedding", True), "layernorm_embedding=False is not supported")
+    _require(not modality_cfg.get("use_alibi_encoder"), "ALiBi for text is not supported")
+    embed = f"{prefix}modality_encoders.TEXT.local_encoder."
+    _require(f"{embed}embed_tokens.weight" in state, f"no token embedding {embed}embed_tokens.weight")
+    vocab_size, _ = state[f"{embed}embed_tokens.weight"].shape
+    positions, _ = state[f"{embed}embed_positions.weight"].shape
+    return Data2Vec2TextConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=positions,
+        embedding_dropout=modality_cfg.get("dropout", 0.1),
+        **fields,
+    )
+
+
+def config_from_fairseq_v2(checkpoint: Mapping, state: Mapping[str, torch.Tensor]):
+    """The config of a pretrained ``data2vec_multi`` checkpoint (see :func:`v2_config`)."""
+    return v2_config(plain(checkpoint["cfg"])["model"], state)
+
+
+# ----------------------------------------------------------------------------------------- layouts
+
+
 def _common_rules(modality: str, prefix: str, teacher: str) -> list[tuple]:
     enc = rf"modality_encoders\.{modality}\."
     rules = [
@@ -165,98 +387,429 @@ def _text_rules(prefix: str, teacher: str) -> list[tuple]:
     ]
 
 
+#: modality key → (pretraining class, encoder class, backbone attribute, layout rules)
 MODALITIES = {
-    "AUDIO": (Data2Vec2AudioForPreTraining, "data2vec2_audio", _audio_rules),
-    "IMAGE": (Data2Vec2VisionForPreTraining, "data2vec2_vision", _vision_rules),
-    "TEXT": (Data2Vec2TextForPreTraining, "data2vec2_text", _text_rules),
+    "AUDIO": (Data2Vec2AudioForPreTraining, Data2Vec2AudioModel, "data2vec2_audio", _audio_rules),
+    "IMAGE": (Data2Vec2VisionForPreTraining, Data2Vec2VisionModel, "data2vec2_vision", _vision_rules),
+    "TEXT": (Data2Vec2TextForPreTraining, Data2Vec2TextModel, "data2vec2_text", _text_rules),
+}
+_MODALITY_NAMES = {"AUDIO": "audio", "IMAGE": "vision", "TEXT": "text"}
+_FEATURE_PIPELINE = {
+    "AUDIO": "feature-extraction",
+    "IMAGE": "image-feature-extraction",
+    "TEXT": "feature-extraction",
 }
 
 
-def config_from_fairseq_v2(checkpoint: Mapping, state: Mapping[str, torch.Tensor]):
-    model_cfg = checkpoint["cfg"]["model"]
-    modality = model_cfg.get("supported_modality")
-    _require(
-        modality in MODALITIES,
-        f"unsupported or missing supported_modality {modality!r} (a multi-modality checkpoint?)",
+def pretraining_mapping(modality: str, source_prefix: str = "") -> KeyMapping:
+    """``data2vec_multi`` names (under ``source_prefix``) → ``Data2Vec2*ForPreTraining`` names."""
+    _, _, backbone, specific = MODALITIES[modality]
+    mapping = KeyMapping(
+        rules=specific(backbone, "teacher.model") + _common_rules(modality, backbone, "teacher.model"),
+        drop=[
+            # a constant table, checked against ours by _prepare_state instead of being loaded
+            rf"(_ema/)?{POSITIONS}",
+            # the teacher of a 2.0 audio/text model reads the student's local features
+            r"_ema/modality_encoders\.(AUDIO|TEXT)\.(local_encoder|project_features)\..*",
+        ],
     )
-    modality_cfg = model_cfg["modalities"][modality.lower()]
-    fields = _shared_config(model_cfg, modality_cfg)
-    if modality == "AUDIO":
+    return mapping.with_source_prefix(re.escape(source_prefix)) if source_prefix else mapping
+
+
+def _prepare_state(state: dict, config, source_prefix: str = "") -> dict:
+    """Check the fixed sin-cos position tables against ours and bring fairseq's ALiBi scales,
+    (1, 1, heads or 1, 1, 1), into our per-head shape."""
+    positions = re.compile(rf"^{re.escape(source_prefix)}(_ema/)?{POSITIONS}$")
+    table = None
+    for key in [k for k in state if positions.match(k)]:
+        if table is None:
+            table = sincos_positions_2d(config.hidden_size, config.grid_size).unsqueeze(0)
+        theirs = state[key].float()
         _require(
-            modality_cfg.get("extractor_mode", "layer_norm") == "layer_norm",
-            "only extractor_mode=layer_norm is supported",
+            theirs.shape == table.shape and torch.allclose(theirs, table, atol=1e-5),
+            f"{key} {tuple(theirs.shape)} differs from the 2-D sin-cos table {tuple(table.shape)} of a "
+            f"{config.image_size}px / patch {config.patch_size} model (interpolated positions?)",
         )
-        _require(not modality_cfg.get("conv_pos_pre_ln"), "conv_pos_pre_ln is not supported")
-        conv = safe_literal(modality_cfg["feature_encoder_spec"])
-        depth = modality_cfg.get("conv_pos_depth", 5)
-        return Data2Vec2AudioConfig(
-            conv_dim=tuple(c[0] for c in conv),
-            conv_kernel=tuple(c[1] for c in conv),
-            conv_stride=tuple(c[2] for c in conv),
-            num_conv_pos_embeddings=depth,
-            conv_pos_kernel_size=max(3, modality_cfg.get("conv_pos_width", 95) // depth),
-            num_conv_pos_embedding_groups=modality_cfg.get("conv_pos_groups", 16),
-            use_alibi=bool(modality_cfg.get("use_alibi_encoder", False)),
-            alibi_scale_init=modality_cfg.get("alibi_scale", 1.0),
-            learned_alibi_scale=bool(modality_cfg.get("learned_alibi_scale", False)),
-            **fields,
-        )
-    if modality == "IMAGE":
-        _require(
-            modality_cfg.get("embed_dim", model_cfg["embed_dim"]) == model_cfg["embed_dim"],
-            "a patch embedding of another width is not supported",
-        )
-        _require(
-            modality_cfg.get("fixed_positions", True) and not modality_cfg.get("use_alibi_encoder"),
-            "only fixed sin-cos positions are supported for images",
-        )
-        _require(not modality_cfg.get("transformer_decoder"), "transformer decoders are not supported")
-        return Data2Vec2VisionConfig(
-            image_size=modality_cfg.get("input_size", 224),
-            patch_size=modality_cfg.get("patch_size", 16),
-            num_channels=modality_cfg.get("in_chans", 3),
-            **fields,
-        )
-    _require(
-        modality_cfg.get("learned_pos", True) and modality_cfg.get("no_scale_embedding", True),
-        "only learned positions without embedding scaling are supported",
-    )
-    _require(modality_cfg.get("layernorm_embedding", True), "layernorm_embedding=False is not supported")
-    vocab_size, _ = state["modality_encoders.TEXT.local_encoder.embed_tokens.weight"].shape
-    positions, _ = state["modality_encoders.TEXT.local_encoder.embed_positions.weight"].shape
-    return Data2Vec2TextConfig(
-        vocab_size=vocab_size,
-        max_position_embeddings=positions,
-        embedding_dropout=modality_cfg.get("dropout", 0.1),
-        **fields,
-    )
+    for key in [k for k in state if k.endswith("alibi_scale")]:
+        scale = state[key].reshape(-1)
+        if scale.numel() == 1:  # learned_alibi_scale_per_head=False: one scale for every head
+            scale = scale.expand(config.num_attention_heads).clone()
+        state[key] = scale
+    return state
+
+
+def _has_ema(state: Mapping, source_prefix: str = "") -> bool:
+    return any(k.startswith(f"{source_prefix}_ema/") for k in state)
+
+
+def _teacher_from_student(state: dict, config) -> dict:
+    """A file without its ``_ema`` teacher: the teacher starts as a copy of the student's averaged
+    parts (the blocks when ``ema_encoder_only``; otherwise everything but the decoder and the shared
+    local encoder)."""
+    state = dict(state)
+    for key in list(state):
+        if config.ema_encoder_only:
+            match = re.match(r"^blocks\.(.*)$", key)
+            if match:
+                state[f"_ema/{match[1]}"] = state[key]
+        elif ".decoder." not in key and (
+            config.ema_local_encoder or not re.search(r"\.(local_encoder|project_features)\.", key)
+        ):
+            state[f"_ema/{key}"] = state[key]
+    return state
+
+
+def _pretraining_model(modality: str, config, state: dict, dtype):
+    if not _has_ema(state):
+        logger.info("no _ema teacher in the file: the teacher starts as a copy of the student")
+        state = _teacher_from_student(state, config)
+    model_cls = MODALITIES[modality][0]
+    return build_model(model_cls, config, state, pretraining_mapping(modality), dtype=dtype)
 
 
 def model_from_fairseq_v2(checkpoint: Mapping):
     """A ``Data2Vec2*ForPreTraining`` holding the fairseq student, decoder and EMA teacher weights."""
     state = fairseq_state_dict(checkpoint)
-    config = config_from_fairseq_v2(checkpoint, state)
-    modality = checkpoint["cfg"]["model"]["supported_modality"]
-    model_cls, prefix, specific = MODALITIES[modality]
-    model = model_cls(config).eval()
-    positions_key = "modality_encoders.IMAGE.fixed_positional_encoder.positions"
-    for key in (positions_key, "_ema/" + positions_key):
-        if key in state:  # a constant table: check it instead of loading it
-            ours = getattr(model, prefix).fixed_positions
-            _require(
-                torch.allclose(state[key].float(), ours, atol=1e-5),
-                f"{key} differs from the 2-D sin-cos table",
-            )
-    for key in [k for k in state if k.endswith("alibi_scale")]:
-        state[key] = state[key].reshape(-1)  # fairseq keeps (1, 1, heads, 1, 1)
-    mapping = KeyMapping(
-        rules=specific(prefix, "teacher.model") + _common_rules(modality, prefix, "teacher.model"),
-        drop=[
-            r"(_ema/)?modality_encoders\.IMAGE\.fixed_positional_encoder\.positions",
-            # the teacher of a 2.0 audio/text model reads the student's local features
-            r"_ema/modality_encoders\.(AUDIO|TEXT)\.(local_encoder|project_features)\..*",
+    model_cfg = plain(checkpoint["cfg"])["model"]
+    config = v2_config(model_cfg, state)
+    modality = model_cfg["supported_modality"].upper()
+    _prepare_state(state, config)
+    model = _pretraining_model(modality, config, state, dtype=torch.float32)
+    model.train(False)
+    return model
+
+
+# ------------------------------------------------------------------------------------ fine-tuned heads
+
+
+@dataclass
+class Head:
+    """A fine-tuned task head: its model class, source → target rules and config fields."""
+
+    model_cls: type
+    export: str
+    kind: str
+    pipeline_tag: str
+    rules: list[tuple[str, str]]
+    targets: list[str]  # target prefixes of the head (kept by the task export, dropped by the encoder's)
+    config: dict
+    details: list[tuple[str, object]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _refused_wrapper(fmt: Format) -> None:
+    if fmt.wrapper == "data2vec_image_classification":
+        raise ConversionError(
+            "data2vec_image_classification around data2vec_multi is not supported: its forward calls the "
+            "model without features_only, which fairseq cannot run for a data2vec_multi model (the decoder "
+            "is removed), and its fc_norm uses eps 1e-5 where Data2Vec2VisionForImageClassification uses "
+            "the encoder's; data2vec 2.0 image fine-tuning (the released *_imagenet_ft.pt) is "
+            "mae_image_classification"
+        )
+    if fmt.wrapper == "audio_classification":
+        raise ConversionError(
+            "audio_classification heads around data2vec_multi (examples/data2vec/models/"
+            "audio_classification.py: pooling before a one- or two-layer projection) have no "
+            "Data2Vec2AudioForSequenceClassification equivalent (projection before mean pooling)"
+        )
+
+
+def _ctc_head(fmt: Format, state: Mapping) -> Head:
+    proj = f"{fmt.prefix[: -len('w2v_model.')]}proj"  # w2v_encoder.proj
+    _require(f"{proj}.weight" in state, f"CTC checkpoint has no output projection {proj}")
+    num_labels = state[f"{proj}.weight"].shape[0]
+    cfg = fmt.wrapper_cfg
+    config = {
+        # fairseq's CTC blank is index 0; transformers' CTC uses pad_token_id as blank (see processors.py)
+        "vocab_size": num_labels,
+        "pad_token_id": 0,
+        "ctc_loss_reduction": "sum",
+    }
+    if cfg.get("final_dropout") is not None:
+        config["final_dropout"] = cfg["final_dropout"]
+    return Head(
+        Data2Vec2AudioForCTC,
+        "ctc",
+        "CTC fine-tuned",
+        "automatic-speech-recognition",
+        rules=[(rf"{re.escape(proj)}\.(weight|bias)", r"lm_head.\1")],
+        targets=["lm_head."],
+        config=config,
+        details=[("output labels (CTC)", num_labels)],
+    )
+
+
+def _image_head(fmt: Format, state: Mapping, model_cfg: Mapping) -> Head:
+    cfg = fmt.wrapper_cfg
+    mode = cfg.get("prediction_mode") or "MEAN_POOLING"
+    _require(
+        str(mode).upper().rsplit(".", 1)[-1] == "MEAN_POOLING",
+        f"mae_image_classification with prediction_mode={mode!r} is not supported: "
+        "Data2Vec2VisionForImageClassification mean-pools the patch tokens (MEAN_POOLING)",
+    )
+    _require(
+        cfg.get("use_fc_norm", True) and "fc_norm.weight" in state,
+        "mae_image_classification without fc_norm (use_fc_norm=False) is not supported: "
+        "Data2Vec2VisionForImageClassification always normalises the pooled features",
+    )
+    eps = model_cfg.get("norm_eps", 1e-6)
+    _require(
+        abs(eps - 1e-6) < 1e-12,
+        f"mae_image_classification's fc_norm uses eps 1e-6, the encoder norm_eps={eps}; "
+        "Data2Vec2VisionForImageClassification's fc_norm uses the encoder's eps",
+    )
+    _require("head.weight" in state, "the image classifier has no head.weight")
+    input_size = fmt.wrapper_task.get("input_size")
+    pretrained_size = (model_cfg.get("modalities") or {}).get("image", {}).get("input_size", 224)
+    _require(
+        input_size in (None, pretrained_size),
+        f"fine-tuned at {input_size}px on a {pretrained_size}px model (interpolated positions) is not supported",
+    )
+    num_labels = state["head.weight"].shape[0]
+    return Head(
+        Data2Vec2VisionForImageClassification,
+        "image-classification",
+        "image-classification fine-tuned",
+        "image-classification",
+        rules=[(r"fc_norm\.(weight|bias)", r"fc_norm.\1"), (r"head\.(weight|bias)", r"classifier.\1")],
+        targets=["fc_norm.", "classifier."],
+        config={"num_labels": num_labels, "classifier_dropout": 0.0},
+        details=[("classes", num_labels), ("head", "mean of patch tokens → fc_norm → linear")],
+        notes=[
+            "class names are not stored in the file: labels are LABEL_0 … LABEL_N, in the order of the "
+            "training set's classes (for ImageNet-1k models the standard class order)"
         ],
     )
-    target_shapes = {k: v.shape for k, v in model.state_dict().items()}
-    model.load_state_dict(map_state_dict(state, mapping, target_shapes), strict=True)
-    return model
+
+
+def _text_head(fmt: Format, state: Mapping, hidden_size: int) -> Head:
+    cfg = fmt.wrapper_cfg
+    heads = sorted({m[1] for k in state if (m := re.match(r"^classification_heads\.([^.]+)\.", k))})
+    _require(heads, "the text classifier has no classification_heads.* tensors")
+    _require(
+        len(heads) == 1,
+        f"several classification heads ({', '.join(heads)}); Data2Vec2TextForSequenceClassification has one",
+    )
+    name = heads[0]
+    head = f"classification_heads.{name}."
+    activation = cfg.get("pooler_activation_fn", "tanh")
+    _require(
+        activation == "tanh",
+        f"pooler_activation_fn={activation!r} is not supported: "
+        "Data2Vec2TextForSequenceClassification's head uses tanh",
+    )
+    _require(
+        not cfg.get("spectral_norm_classification_head"),
+        "a spectral-normalised classification head is not supported",
+    )
+    _require(
+        f"{head}dense.weight" in state and f"{head}out_proj.weight" in state, f"{head}dense/out_proj missing"
+    )
+    inner = state[f"{head}dense.weight"].shape[0]
+    _require(
+        inner == hidden_size,
+        f"classification head inner dim {inner} != hidden size {hidden_size}: "
+        "Data2Vec2TextForSequenceClassification's dense layer is hidden → hidden",
+    )
+    num_labels = state[f"{head}out_proj.weight"].shape[0]
+    return Head(
+        Data2Vec2TextForSequenceClassification,
+        "sequence-classification",
+        "sentence-classification fine-tuned",
+        "text-classification",
+        rules=[(rf"{re.escape(head)}(dense|out_proj)\.(weight|bias)", r"\1.\2")],
+        targets=["dense.", "out_proj."],
+        config={"num_labels": num_labels, "classifier_dropout": cfg.get("pooler_dropout", 0.0)},
+        details=[("labels", num_labels), ("fairseq head", name)],
+        notes=[
+            "label names are not stored in the file: labels are LABEL_0 … LABEL_N in the fine-tuning "
+            "data's label-dictionary order" + (" (one output: a regression head)" if num_labels == 1 else "")
+        ],
+    )
+
+
+# ----------------------------------------------------------------------------------------- converter
+
+
+def _export_view(mapping: KeyMapping, backbone: str, fmt: Format, head: Head | None, keep_head: bool):
+    drop_targets = [r"decoder\..*", r"teacher\..*"]
+    rename = [(f"{backbone}.", f"{backbone}." if keep_head else "")]
+    if head is not None:
+        if keep_head:
+            rename += [(t, t) for t in head.targets]
+        else:
+            drop_targets += [re.escape(t) + ".*" for t in head.targets]
+    return ExportView(
+        mapping,
+        rename=rename,
+        drop_targets=drop_targets,
+        drop_sources=[re.escape(f"{fmt.prefix}_ema/") + ".*"],
+    )
+
+
+def _processors(modality: str, fmt: Format, config, options: Options, head: Head | None):
+    """Feature extractor / CTC processor, image processor or tokenizer; ``head``: the exported task head."""
+    if modality == "AUDIO":
+        task = fmt.wrapper_task if fmt.wrapper else fmt.task_cfg
+        normalize = bool(task.get("normalize", fmt.task_cfg.get("normalize", False)))
+        rate = task.get("sample_rate") or fmt.task_cfg.get("sample_rate") or 16000
+        extractor = audio_feature_extractor(rate, normalize)
+        details = [("input normalisation", normalize), ("sampling rate", rate)]
+        if head is not None and head.export == "ctc":
+            processors, notes = ctc_processor(extractor, options.dict_path, config.vocab_size)
+            return processors, notes, details
+        return [extractor], [], details
+    if modality == "IMAGE":
+        processor = mae_image_processor(config.image_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+        return [processor], [], []
+    processors, notes = roberta_tokenizer(
+        options.dict_path,
+        options.encoder_json,
+        options.vocab_bpe,
+        config.vocab_size,
+        config.max_position_embeddings,
+    )
+    return processors, notes, []
+
+
+def _details(modality: str, config, state: Mapping, fmt: Format) -> list[tuple[str, object]]:
+    rows = [
+        (
+            "hidden size / layers / heads",
+            f"{config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads}",
+        ),
+        ("prenet blocks / extra tokens", f"{config.prenet_depth} / {config.num_extra_tokens}"),
+        ("LayerNorm eps", config.layer_norm_eps),
+    ]
+    if modality == "AUDIO":
+        rows += [
+            ("conv feature encoder", f"{len(config.conv_dim)} layers"),
+            (
+                "positional conv",
+                f"{config.num_conv_pos_embeddings} layers, kernel {config.conv_pos_kernel_size}",
+            ),
+            ("ALiBi", "learned per-head scale" if config.use_alibi else "no"),
+        ]
+    elif modality == "IMAGE":
+        rows.append(("image / patch size", f"{config.image_size} / {config.patch_size}"))
+    else:
+        rows += [("vocabulary", config.vocab_size), ("position embeddings", config.max_position_embeddings)]
+    if fmt.wrapper is None:
+        rows.append(("teacher in file", "yes (_ema)" if _has_ema(state) else "no"))
+    return rows
+
+
+def _notes(modality: str, export: str) -> list[str]:
+    notes = []
+    if modality == "IMAGE" and export in ("encoder", "pretraining"):
+        notes.append(
+            "`last_hidden_state` starts with the CLS (extra) token; fairseq's `features.x` leaves it out "
+            "(use `last_hidden_state[:, 1:]` for the patch tokens)"
+        )
+    if modality == "AUDIO":
+        notes.append(
+            "for padded batches the positional convolution ignores padding (each utterance gets the same "
+            "features whatever it is padded with); fairseq lets the padding leak into the last frames"
+        )
+    return notes
+
+
+def convert_v2(source: Source, options: Options) -> Conversion:
+    """data2vec 2.0 (``data2vec_multi``): pretrained (audio, image, text), CTC fine-tuned audio,
+    ``mae_image_classification`` and ``data2vec_text_classification`` fine-tuned models."""
+    _require(
+        source.sections is not None,
+        "the file has no fairseq config; pass the model config with --model_config",
+    )
+    fmt = find_format(source.sections)
+    if fmt is None:  # forced with --version 2
+        name = source.sections[0].get("_name")
+        _require(
+            name in (None, MODEL_NAME),
+            f"fairseq model {name!r} is not a data2vec 2.0 model (data2vec_multi, or wav2vec_ctc / "
+            f"{IMAGE_CLASSIFIER} / {TEXT_CLASSIFIER} around one)",
+        )
+        fmt = Format(None, dict(source.sections[0]), dict(source.sections[1]))
+    model_cfg = {**fmt.model_cfg, **options.model_config}
+    modality = modality_key(Format(fmt.wrapper, model_cfg, fmt.task_cfg))
+    _require(
+        modality is not None,
+        f"unsupported or missing supported_modality {model_cfg.get('supported_modality')!r} "
+        "(a multi-modality checkpoint?)",
+    )
+    state = fairseq_state_dict(source.checkpoint)
+    if model_cfg.get("supported_modality") is None:  # detected from the task: one modality encoder only
+        found = sorted(
+            {
+                m[1]
+                for k in state
+                if (m := re.match(rf"^{re.escape(fmt.prefix)}modality_encoders\.(\w+)\.", k))
+            }
+        )
+        _require(
+            found in ([], [modality]),
+            f"a multi-modality data2vec_multi model (modality encoders {', '.join(found)}) is not supported",
+        )
+    model_cfg["supported_modality"] = modality
+
+    head = None
+    if fmt.wrapper in REFUSED_WRAPPERS:
+        _refused_wrapper(fmt)
+    elif fmt.wrapper in CTC_WRAPPERS:
+        _require(modality == "AUDIO", f"a CTC model around a {modality} data2vec_multi model")
+        head = _ctc_head(fmt, state)
+    elif fmt.wrapper == IMAGE_CLASSIFIER:
+        _require(modality == "IMAGE", f"an image classifier around a {modality} data2vec_multi model")
+        head = _image_head(fmt, state, model_cfg)
+    elif fmt.wrapper == TEXT_CLASSIFIER:
+        _require(modality == "TEXT", f"a text classifier around a {modality} data2vec_multi model")
+        head = _text_head(fmt, state, model_cfg["embed_dim"])
+
+    export = (head.export if head is not None else "encoder") if options.export == "auto" else options.export
+    _require(
+        export != "pretraining" or fmt.wrapper is None,
+        "a fine-tuned checkpoint has no decoder or EMA teacher (fairseq removes them for fine-tuning); "
+        "use --export encoder",
+    )
+    task_head = head if head is not None and export == head.export else None
+    if task_head is not None and modality != "IMAGE":
+        # fairseq's CTC and text heads read the features with the extra tokens removed; ours read
+        # the full sequence
+        extra = model_cfg["modalities"][modality.lower()].get("num_extra_tokens", 0)
+        _require(
+            extra == 0, f"extra tokens (num_extra_tokens={extra}) in a {head.kind} model are not supported"
+        )
+
+    config = v2_config(model_cfg, state, fmt.prefix, **(task_head.config if task_head else {}))
+    _prepare_state(state, config, fmt.prefix)
+    _, encoder_cls, backbone, _ = MODALITIES[modality]
+    mapping = pretraining_mapping(modality, fmt.prefix)
+    if head is not None:
+        mapping = KeyMapping(rules=[*mapping.rules, *head.rules], drop=mapping.drop)
+
+    notes = _notes(modality, export)
+    if export == "pretraining":
+        model = _pretraining_model(modality, config, state, options.dtype)
+    elif task_head is not None:
+        view = _export_view(mapping, backbone, fmt, head, keep_head=True)
+        model = build_model(head.model_cls, config, state, view, dtype=options.dtype)
+        notes += head.notes
+    else:
+        _require(export == "encoder", f"--export {export} is not available for this data2vec 2.0 file")
+        view = _export_view(mapping, backbone, fmt, head, keep_head=False)
+        model = build_model(encoder_cls, config, state, view, dtype=options.dtype)
+
+    processors, processor_notes, processor_details = _processors(modality, fmt, config, options, task_head)
+    details = _details(modality, config, state, fmt) + processor_details + (head.details if head else [])
+    return Conversion(
+        model=model,
+        version="2.0",
+        modality=_MODALITY_NAMES[modality],
+        kind=head.kind if head is not None else "pretrained",
+        export=export,
+        pipeline_tag=task_head.pipeline_tag if task_head else _FEATURE_PIPELINE[modality],
+        processors=processors,
+        notes=notes + processor_notes,
+        details=details,
+        needs_data2vec_hf=True,
+    )

@@ -24,6 +24,8 @@ from .mapping import ConversionError
 logger = logging.getLogger(__name__)
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+#: timm's ImageNet statistics, used by the BEiT codebase, MAE and fairseq's data2vec 2.0 image tasks
+IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OVERWRITE_FLAG = "#fairseq:overwrite"
 
 
@@ -205,6 +207,27 @@ def beit_image_processor(image_size: int, mean, std):
         size={"height": image_size, "width": image_size},
         resample=3,  # bicubic
         do_center_crop=False,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_reduce_labels=False,
+    )
+
+
+def mae_image_processor(image_size: int, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+    """fairseq's data2vec 2.0 / MAE evaluation transform (``mae_finetuning_image_dataset.py``): bicubic
+    resize of the shorter side to ``image_size / crop_pct`` (crop_pct 224/256 up to 224 px, else 1),
+    centre crop to ``image_size``, ImageNet normalisation."""
+    from transformers import BeitImageProcessor
+
+    crop_pct = 224 / 256 if image_size <= 224 else 1.0
+    return BeitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": int(image_size / crop_pct)},
+        resample=3,  # bicubic
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
         do_rescale=True,
         do_normalize=True,
         image_mean=list(mean),

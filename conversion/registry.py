@@ -4,9 +4,8 @@ Detection reads the checkpoint's own config: fairseq's ``cfg.model._name`` (or l
 the model wrapped by a fine-tuned file (``w2v_args``), or, for files without a fairseq config, the
 BEiT-codebase state-dict layout. ``--modality`` / ``--version`` override detection for odd files.
 
-A data2vec 2.0 converter is added by registering it here (replacing the ``unsupported`` entry)::
-
-    register(Converter("data2vec-2.0", "2.0", None, matches=is_data2vec2, convert=convert_v2))
+A converter is added (or replaced, by name) with ``register(Converter(...))``; an entry whose
+``convert`` is None recognises a format and refuses it with its ``unsupported`` message.
 """
 
 from __future__ import annotations
@@ -16,23 +15,12 @@ import logging
 from .beit_v1 import convert_vision, is_beit
 from .core import Converter, Source
 from .fairseq_v1 import convert_audio, convert_text, inner_model_name, is_ctc
+from .fairseq_v2 import convert_v2, is_data2vec2, modality_of
 from .mapping import ConversionError
 
 logger = logging.getLogger(__name__)
 
 CONVERTERS: list[Converter] = []
-
-V2_MODEL_NAMES = ("data2vec_multi",)
-_V2_TASK_MODALITY = {
-    "audio_pretraining": "audio",
-    "audio_finetuning": "audio",
-    "image_pretraining": "vision",
-    "mae_image_pretraining": "vision",
-    "image_classification": "vision",
-    "mae_image_classification": "vision",
-    "masked_lm": "text",
-    "sentence_prediction": "text",
-}
 
 
 def register(converter: Converter) -> None:
@@ -47,20 +35,9 @@ def _is_v1_audio(source: Source) -> bool:
     )
 
 
-def _is_v2(source: Source) -> bool:
-    return source.model_name in V2_MODEL_NAMES or (
-        is_ctc(source) and inner_model_name(source) in V2_MODEL_NAMES
-    )
-
-
 def v2_modality(source: Source) -> str | None:
-    if not source.sections:
-        return None
-    model_cfg, task_cfg = source.sections
-    supported = str(model_cfg.get("supported_modality") or "").lower()
-    if supported in ("audio", "image", "text"):
-        return "vision" if supported == "image" else supported
-    return _V2_TASK_MODALITY.get(task_cfg.get("_name"))
+    """The modality of a data2vec 2.0 file (``audio``/``vision``/``text``), or None."""
+    return modality_of(source)
 
 
 register(
@@ -98,9 +75,10 @@ register(
         "data2vec-2.0",
         "2.0",
         None,
-        matches=_is_v2,
-        unsupported="data2vec 2.0 checkpoints are not supported yet",
-        describe="fairseq data2vec_multi",
+        matches=is_data2vec2,
+        convert=convert_v2,
+        describe="fairseq data2vec_multi (pretrained audio/image/text), wav2vec_ctc, "
+        "mae_image_classification and data2vec_text_classification around it (fine-tuned)",
     )
 )
 
@@ -141,7 +119,7 @@ def select(source: Source, modality: str | None = None, version: str | None = No
         )
     converter = chosen[0]
     if converter.convert is None:
-        found = v2_modality(source) if converter.version == "2.0" else converter.modality
+        found = v2_modality(source) if converter.modality is None else converter.modality
         detail = f" (detected {_summary(source)}{f', modality {found}' if found else ''})"
         raise ConversionError(f"{converter.unsupported}{detail}")
     return converter

@@ -6,8 +6,15 @@ Reference files use the format of ``shared/reference/fairseq/*.outputs.safetenso
 ``pretrain.mask``, …) next to what fairseq computed from them (``features.x``,
 ``features.layer_results.{i}.x``, ``features.inner_states.{i}``, ``pretrain.targets_y_masked``, …).
 Every output key this module can reproduce for the exported model is compared (fp32 max abs diff);
-the others are listed as skipped. For vision (no fairseq model) ``source``/``pixel_values`` →
+the others are listed as skipped. For 1.0 vision (no fairseq model) ``source``/``pixel_values`` →
 ``features.x`` (last hidden state) and ``logits`` are understood.
+
+data2vec 2.0 (``data2vec_multi`` references): ``features.x`` (extra tokens removed),
+``features_with_cls.x``, ``features.blocks_input``, ``features.block_out.{i}``,
+``features.layer_results.{i}`` (FFN outputs), ``features.local_features``, the padded case
+(``padded.source`` + ``padded.padding_mask_input``) and, for a pretraining export, the targets and
+predictions under the fixed mask ``pretrain.mask``. Audio padding: our positional convolution ignores
+padding while fairseq's reads it, so only the rows without padding are compared for audio.
 """
 
 from __future__ import annotations
@@ -137,6 +144,83 @@ def _vision_outputs(model, ref: dict) -> dict:
     return pairs
 
 
+# ------------------------------------------------------------------------------------------- 2.0
+
+#: modality → (input argument of the backbone, mask argument of the pretraining model)
+V2_ARGUMENTS = {
+    "audio": ("input_values", "mask_time_indices"),
+    "vision": ("pixel_values", "bool_masked_pos"),
+    "text": ("input_ids", "masked_positions"),
+}
+
+
+def _v2_input(modality: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.long() if modality == "text" else tensor.float()
+
+
+def _v2_outputs(model, ref: dict, modality: str) -> dict:
+    backbone = _backbone(model, model.base_model_prefix)
+    input_name, mask_name = V2_ARGUMENTS[modality]
+    extra = backbone.config.num_extra_tokens
+    pairs = {}
+    if "source" in ref:
+        source = _v2_input(modality, ref["source"])
+        with record_outputs([block.mlp for block in backbone.blocks]) as ffn:
+            out = backbone(**{input_name: source}, output_hidden_states=True)
+        pairs["features.x"] = out.last_hidden_state[:, extra:]
+        if extra:
+            pairs["features_with_cls.x"] = out.last_hidden_state
+        pairs["features.blocks_input"] = out.hidden_states[0]
+        for i, hidden in enumerate(out.hidden_states[1:]):
+            pairs[f"features.block_out.{i}"] = hidden
+            pairs[f"features.layer_results.{i}"] = ffn[i]
+        pairs["features.local_features"] = backbone.local_features(**{input_name: source})[0]
+        if "logits" in ref and any(hasattr(model, h) for h in ("lm_head", "classifier", "out_proj")):
+            pairs["logits"] = model(source).logits
+        mask = ref.get("pretrain.mask")
+        if hasattr(model, "teacher") and mask is not None:
+            if mask.shape[0] == source.shape[0] * model.config.clone_batch:
+                pre = model(source, **{mask_name: mask.bool()})
+                pairs["pretrain.targets_y_masked"] = pre.target
+                pairs["pretrain.pred_masked"] = pre.prediction
+            else:
+                logger.info(
+                    "pretrain.mask has %d rows, the model needs batch x clone_batch = %d: targets not compared",
+                    mask.shape[0],
+                    source.shape[0] * model.config.clone_batch,
+                )
+    if "padded.source" in ref and "padded.padding_mask_input" in ref:
+        padding = ref["padded.padding_mask_input"].bool()
+        with record_outputs([block.mlp for block in backbone.blocks]) as ffn:
+            out = backbone(
+                **{input_name: _v2_input(modality, ref["padded.source"])},
+                attention_mask=(~padding).long(),
+                output_hidden_states=True,
+            )
+        frames = out.last_hidden_state.shape[1] - extra
+        padded_out = ref.get("padded.features.padding_mask_out")
+        real = ~padded_out.bool() if padded_out is not None and padded_out.shape[1] == frames else None
+        if modality == "audio":
+            # fairseq's positional convolution reads the padding: only rows without any are comparable
+            unpadded = ~padding.any(-1, keepdim=True)
+            real = unpadded.expand(-1, frames) if real is None else real & unpadded
+        elif real is None:
+            real = ~padding if padding.shape[1] == frames else None
+        if real is not None and real.any():
+            full = torch.nn.functional.pad(real, (extra, 0), value=True) if extra else real
+            pairs["padded.features.x"] = (out.last_hidden_state[:, extra:], real)
+            pairs["padded.features.blocks_input"] = (out.hidden_states[0], full)
+            local, _ = backbone.local_features(
+                **{input_name: _v2_input(modality, ref["padded.source"])}, attention_mask=(~padding).long()
+            )
+            if local.shape[1] == frames:
+                pairs["padded.features.local_features"] = (local, real)
+            for i, hidden in enumerate(out.hidden_states[1:]):
+                pairs[f"padded.features.block_out.{i}"] = (hidden, full)
+                pairs[f"padded.features.layer_results.{i}"] = (ffn[i], full)
+    return pairs
+
+
 _INPUTS = {
     "source",
     "pixel_values",
@@ -154,7 +238,7 @@ _OUTPUTS = {"audio": _audio_outputs, "text": _text_outputs, "vision": _vision_ou
 
 @torch.no_grad()
 def compare_with_reference(
-    model, modality: str, reference: str | Path, tolerance: float = TOLERANCE
+    model, modality: str, reference: str | Path, tolerance: float = TOLERANCE, version: str = "1.0"
 ) -> list[Check]:
     """Compare every output of ``reference`` the model can reproduce; raises when none can be."""
     try:
@@ -162,7 +246,14 @@ def compare_with_reference(
     except Exception as error:
         raise ConversionError(f"cannot read reference outputs {reference}: {error}") from None
     model.eval()
-    pairs = _OUTPUTS[modality](model, ref)
+    try:
+        pairs = _v2_outputs(model, ref, modality) if version == "2.0" else _OUTPUTS[modality](model, ref)
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:  # inputs of another model
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(
+            f"the inputs of {reference} do not fit this data2vec {version} {modality} model ({reason}); "
+            "is it the reference of another model?"
+        ) from None
     checks = []
     for name, ours in pairs.items():
         if name not in ref:
@@ -191,15 +282,48 @@ def _fairseq_inputs(conversion, reference: str | Path | None) -> dict:
     generator = torch.Generator().manual_seed(0)
     if conversion.modality == "audio":
         return {"source": ref.get("source", torch.randn(2, 16000, generator=generator)).float()}
-    config = _backbone(conversion.model, "data2vec_text").config
-    tokens = ref.get("src_tokens")
+    if conversion.modality == "vision":
+        config = conversion.model.config
+        shape = (2, config.num_channels, config.image_size, config.image_size)
+        return {"source": ref.get("source", torch.randn(*shape, generator=generator)).float()}
+    if conversion.version == "2.0":
+        config = conversion.model.config
+        tokens = ref.get("source")
+    else:
+        config = _backbone(conversion.model, "data2vec_text").config
+        tokens = ref.get("src_tokens")
     if tokens is None:
         tokens = torch.randint(4, config.vocab_size - 1, (2, 16), generator=generator)
         tokens[:, 0], tokens[:, -1] = config.bos_token_id, config.eos_token_id
     return {"src_tokens": tokens.long()}
 
 
+def _fairseq_v2_outputs(fairseq_model, conversion, inputs: dict) -> dict:
+    """``data2vec_multi`` and its fine-tuning wrappers (see ``fairseq_v2.py``)."""
+    source = inputs.get("source", inputs.get("src_tokens"))
+    results = {}
+    if hasattr(fairseq_model, "w2v_encoder"):  # wav2vec_ctc
+        out = fairseq_model(source=source, padding_mask=None)
+        results["logits"] = out["encoder_out"].transpose(0, 1)
+        inner = fairseq_model.w2v_encoder.w2v_model
+    elif hasattr(fairseq_model, "classification_heads"):  # data2vec_text_classification
+        name = next(iter(fairseq_model.classification_heads))
+        padding = source.eq(conversion.model.config.pad_token_id)
+        results["logits"] = fairseq_model(source, None, padding, classification_head_name=name)[0]
+        inner = fairseq_model.model
+    elif hasattr(fairseq_model, "head"):  # mae_image_classification
+        results["logits"] = fairseq_model(source)
+        inner = fairseq_model.model
+    else:
+        inner = fairseq_model
+    padding = source.eq(conversion.model.config.pad_token_id) if conversion.modality == "text" else None
+    results["features.x"] = inner.extract_features(source, padding_mask=padding, mask=False)["x"]
+    return results
+
+
 def _fairseq_outputs(fairseq_model, conversion, inputs: dict) -> dict:
+    if conversion.version == "2.0":
+        return _fairseq_v2_outputs(fairseq_model, conversion, inputs)
     if conversion.modality == "audio":
         source = inputs["source"]
         if hasattr(fairseq_model, "w2v_encoder"):  # wav2vec_ctc
@@ -216,6 +340,15 @@ def _fairseq_outputs(fairseq_model, conversion, inputs: dict) -> dict:
 
 def _our_outputs(conversion, inputs: dict) -> dict:
     model = conversion.model
+    if conversion.version == "2.0":
+        source = inputs.get("source", inputs.get("src_tokens"))
+        backbone = _backbone(model, model.base_model_prefix)
+        input_name, _ = V2_ARGUMENTS[conversion.modality]
+        hidden = backbone(**{input_name: source}).last_hidden_state
+        results = {"features.x": hidden[:, backbone.config.num_extra_tokens :]}
+        if any(hasattr(model, head) for head in ("lm_head", "classifier", "out_proj")):
+            results["logits"] = model(source).logits
+        return results
     if conversion.modality == "audio":
         results = {"features.x": _backbone(model, "data2vec_audio")(inputs["source"]).last_hidden_state}
         if hasattr(model, "lm_head"):
@@ -232,7 +365,7 @@ def compare_with_fairseq(
     """Run fairseq's own model on the same inputs; None when fairseq is not importable (or the file
     is not a fairseq checkpoint). The file has already passed the weights-only allowlist, and fairseq
     reads it under the same allowlist."""
-    if conversion.modality == "vision":
+    if conversion.modality == "vision" and conversion.version == "1.0":
         return None  # BEiT-codebase files: there is no fairseq model to run
     try:
         checkpoint_utils = importlib.import_module("fairseq.checkpoint_utils")

@@ -1,9 +1,9 @@
 """The converter CLI on the fairseq reference checkpoints, and its refusals.
 
 Every v1 checkpoint of ``shared/reference/fairseq`` goes through ``data2vec-convert``; the written
-folder is loaded with ``AutoModel.from_pretrained`` and compared with fairseq's recorded outputs.
-Unsafe, broken, foreign, incomplete and data2vec 2.0 files must fail with one clear error and leave
-nothing behind.
+folder is loaded with ``AutoModel.from_pretrained`` and compared with fairseq's recorded outputs (the
+data2vec 2.0 files: ``test_conversion_v2.py``). Unsafe, broken, foreign and incomplete files must fail
+with one clear error and leave nothing behind.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from transformers import AutoModel, AutoModelForPreTraining
 
 TOLERANCE = 1e-4
 V1 = ("d2v1_audio", "d2v1_text")
-V2 = ("d2v2_audio", "d2v2_image", "d2v2_text")
 
 
 def ref_path(name: str, suffix: str = ".pt") -> Path:
@@ -178,18 +177,6 @@ def test_pretraining_export_reproduces_fairseq_targets(name, tmp_path, capsys):
     assert max_diff(result.target, ref["pretrain.targets_y_masked"]) < TOLERANCE
     assert max_diff(result.prediction, ref["pretrain.pred_masked"]) < TOLERANCE
     assert "import data2vec_hf" in (out / "README.md").read_text()
-
-
-@pytest.mark.parametrize("name", V2)
-def test_data2vec2_checkpoints_are_refused_clearly(name, tmp_path, capsys):
-    out = tmp_path / "v2"
-    code, err = convert(capsys, "--checkpoint", ref_path(name), "--output_dir", out)
-    assert code == 2
-    line = only_error_line(err)
-    assert "data2vec 2.0 checkpoints are not supported yet" in line and "data2vec_multi" in line
-    modality = {"d2v2_audio": "audio", "d2v2_image": "vision", "d2v2_text": "text"}[name]
-    assert f"modality {modality}" in line
-    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -357,7 +344,10 @@ def test_output_dir_is_protected_and_replaced_atomically(tmp_path, capsys):
     code, err = convert(capsys, "--checkpoint", ref_path("d2v1_text"), "--output_dir", out)
     assert code == 2 and "--overwrite" in only_error_line(err)
     # a failing conversion with --overwrite leaves the old folder as it was
-    code, _ = convert(capsys, "--checkpoint", ref_path("d2v2_text"), "--output_dir", out, "--overwrite")
+    wrong = ref_path("d2v1_audio", ".outputs.safetensors")  # no text inputs: verification fails
+    code, _ = convert(
+        capsys, "--checkpoint", ref_path("d2v1_text"), "--output_dir", out, "--overwrite", "--verify", wrong
+    )
     assert code == 2 and (out / "keep.txt").read_text() == "precious"
     code, err = convert(capsys, "--checkpoint", ref_path("d2v1_text"), "--output_dir", out, "--overwrite")
     assert code == 0, err

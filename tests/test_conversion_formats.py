@@ -591,7 +591,7 @@ def test_overrides_for_a_file_without_config(tmp_path, capsys):
     code, err = run(capsys, *argv, "--model_config", config, "--verify", AUDIO_OUTPUTS)
     assert code == 0, err
     code, err = run(capsys, "--checkpoint", AUDIO, "--output_dir", tmp_path / "c", "--version", "2")
-    assert code == 2 and "not supported yet" in error_line(err)
+    assert code == 2 and "'data2vec_audio' is not a data2vec 2.0 model" in error_line(err)
 
 
 def test_export_view_is_strict():
