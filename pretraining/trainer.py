@@ -633,6 +633,8 @@ def train(spec: ModalitySpec, args) -> None:
         initial=progress.num_updates,
         disable=not accelerator.is_local_main_process,
         desc=f"data2vec {spec.name}",
+        # redrawn in place on a terminal; in a log file, one line every 30 s instead of every update
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
     window = torch.zeros(4, device=accelerator.device)  # masked positions, loss sum, non-finite flag, samples
     last_metrics: dict = {}
