@@ -158,12 +158,20 @@ def load_config(model_args: ModelArguments, **kwargs: Any):
     from data2vec_hf.pretraining.trainer import parse_config_overrides
 
     overrides = parse_config_overrides(model_args.config_overrides)
-    config = AutoConfig.from_pretrained(
+    config, unused = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
+        return_unused_kwargs=True,
         **kwargs,
     )
+    if unused:
+        # e.g. SpecAugment or feat_proj_dropout for a data2vec 2.0 speech model, which has neither: the
+        # config drops them, so say so instead of silently training without them
+        logger.warning(
+            f"{type(config).__name__} ({config.model_type}) has no field(s) {', '.join(sorted(unused))}: "
+            "ignored"
+        )
     unknown = [key for key in overrides if not hasattr(config, key)]
     if unknown:
         raise SystemExit(f"error: unknown config field(s) in --config_overrides: {', '.join(unknown)}")
@@ -181,13 +189,21 @@ def load_model(auto_class, model_args: ModelArguments, config):
             "exported encoder (the pretraining OUTPUT_DIR itself, not OUTPUT_DIR/pretraining_model) or a "
             "converted checkpoint"
         )
-    return auto_class.from_pretrained(
+    model = auto_class.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
+    # Every head fine-tuned here (transformers' 1.0 heads and the Data2Vec2* heads alike) returns the mean
+    # loss of its micro-batch and ignores ``num_items_in_batch``. Their ``forward`` takes ``**kwargs``,
+    # from which the Trainer would conclude that the model normalises the loss by the item count itself:
+    # it would then neither divide the loss by --gradient_accumulation_steps nor leave it per device
+    # (``average_tokens_across_devices`` multiplies it by the number of processes), so the logged loss and
+    # the gradient (hence gradient clipping) would grow with the accumulation steps and the processes.
+    model.accepts_loss_kwargs = False
+    return model
 
 
 def data2vec_version(config) -> str:
@@ -199,27 +215,41 @@ def data2vec_version(config) -> str:
 # Layer-wise learning-rate decay (BEiT / data2vec fine-tuning)
 
 # Block index in transformers' naming (``encoder.layer.3.``) and in timm/fairseq-style naming
-# (``blocks.3.``, ``layers.3.``), so the data2vec 2.0 heads are grouped the same way.
+# (``blocks.3.``, ``layers.3.``).
 _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks)\.(\d+)\.")
-# Layer 0: everything before the blocks. 1.0: ``embeddings`` (patch projection, CLS token); 2.0 (as
-# fairseq's data2vec2 fine-tuning): the whole modality encoder — patch embedding, extra (CLS) tokens,
-# context norm and prenet blocks; audio's convolutional feature encoder and projection.
+# Layer 0: everything before the blocks. 1.0: ``embeddings`` (patch projection, CLS token; text: token and
+# position embeddings), audio's convolutional feature encoder, projection and positional convolution. 2.0
+# (as fairseq's data2vec2 fine-tuning): the whole modality encoder — local encoder (patch embedding, CNN +
+# projection, token + position embeddings and their norm), relative positions, ALiBi scale, extra (CLS)
+# tokens, context norm and prenet blocks.
 _EMBEDDING = re.compile(
-    r"(?:^|\.)(?:embeddings|patch_embed\w*|cls_token|mask_token|pos_embed\w*|extra_tokens|context_norm|prenet"
-    r"|local_encoder|feature_extractor|feature_projection|pos_conv_embed|masked_spec_embed)(?:\.|$)"
+    r"(?:^|\.)(?:embeddings|word_embeddings|position_embeddings|embedding_norm|patch_embed\w*|cls_token"
+    r"|mask_token|pos_embed\w*|extra_tokens|context_norm|prenet|relative_positions|alibi_scale|local_encoder"
+    r"|feature_extractor|feature_projection|pos_conv_embed|masked_spec_embed)(?:\.|$)"
 )
+# The backbone of a Data2Vec2* task model: in it, ``blocks.i`` is block i and everything else is the
+# modality encoder.
+_V2_BACKBONE = re.compile(r"^data2vec2_(?:audio|vision|text)\.")
+_V2_BLOCK = re.compile(r"blocks\.(\d+)\.")
 # No weight decay, as BEiT: every 1-D parameter (biases, norms, layer scales), plus these tokens/tables.
 NO_WEIGHT_DECAY = ("cls_token", "mask_token", "position_embeddings", "pos_embed", "extra_tokens")
 
 
 def layer_id(name: str, num_layers: int) -> int:
-    """BEiT's layer id of a parameter: embeddings 0, block ``i`` → ``i + 1``, everything after the
-    blocks (final norm/pooler, head, a relative position bias shared by all blocks) ``num_layers + 1``."""
-    match = _BLOCK.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    if _EMBEDDING.search(name):
+    """BEiT's layer id of a parameter: embeddings (2.0: the modality encoder) 0, block ``i`` → ``i + 1``,
+    everything after the blocks (final norm/pooler, head, a relative position bias shared by all blocks)
+    ``num_layers + 1``."""
+    backbone = _V2_BACKBONE.match(name)
+    if backbone:
+        block = _V2_BLOCK.match(name, backbone.end())
+        return int(block.group(1)) + 1 if block else 0
+    block, embedding = _BLOCK.search(name), _EMBEDDING.search(name)
+    # the outer of the two decides: ``encoder.pos_conv_embed.layers.0.conv`` (the positional convolution
+    # before the blocks) is part of the embeddings, not block 0
+    if embedding is not None and (block is None or embedding.start() < block.start()):
         return 0
+    if block is not None:
+        return int(block.group(1)) + 1
     return num_layers + 1
 
 

@@ -190,7 +190,8 @@ def main(argv=None) -> int:
     if task is not None and not is_regression and num_labels != task.num_labels:
         logger.warning(f"{data_args.task_name} has {task.num_labels} labels, the data has {num_labels}")
 
-    config_kwargs = dict(num_labels=num_labels, finetuning_task=data_args.task_name)
+    # (no finetuning_task: transformers 5 configs dropped that field; the task is in the model card)
+    config_kwargs = dict(num_labels=num_labels)
     if is_regression:
         config_kwargs["problem_type"] = "regression"
     else:

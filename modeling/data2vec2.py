@@ -296,6 +296,8 @@ class Data2Vec2PreTrainedModel(PreTrainedModel):
     """Weight initialisation and common attributes of the data2vec 2.0 models."""
 
     supports_gradient_checkpointing = True
+    # the heads return a mean loss: Trainer must divide it by the accumulation steps itself
+    accepts_loss_kwargs = False
     # a pretraining checkpoint's teacher and decoder are not part of an encoder or a downstream model
     _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^decoder\."]
     _no_split_modules = ["Data2Vec2Block"]

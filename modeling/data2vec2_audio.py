@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
@@ -85,6 +87,11 @@ class Data2Vec2AudioConfig(PreTrainedConfig, Data2Vec2ConfigMixin):
     def __post_init__(self, **kwargs):
         self.num_feat_extract_layers = len(self.conv_dim)
         super().__post_init__(**kwargs)
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Input samples per output frame (the ASR pipeline's chunking needs it)."""
+        return math.prod(self.conv_stride)
 
 
 class Data2Vec2AudioModel(Data2Vec2Backbone):

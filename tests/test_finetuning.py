@@ -1,10 +1,12 @@
-"""The fine-tuning scripts end to end, on checkpoints written by the pretraining scripts (data2vec 1.0).
+"""The fine-tuning scripts end to end, on checkpoints written by the pretraining scripts (data2vec 1.0
+and, with ``--version 2``, data2vec 2.0).
 
-One session fixture runs the three pretraining scripts (concurrently, tiny configs, two updates) on
-local data made here; each fine-tuning script then runs in-process on that checkpoint with tiny local
-data, evaluates, predicts, writes its metrics and card, and pushes to a local stand-in for the Hub.
-The fine-tuned models are then loaded by plain transformers ``pipeline``s in a fresh interpreter that
-never imports data2vec_hf.
+One session fixture runs the three pretraining scripts for both versions (six runs, concurrently, tiny
+configs, two updates) on local data made here; each fine-tuning script then runs in-process on those
+checkpoints with tiny local data, evaluates, predicts, writes its metrics and card, and pushes to a local
+stand-in for the Hub. The fine-tuned 1.0 models are then loaded by plain transformers ``pipeline``s in a
+fresh interpreter that never imports data2vec_hf; the fine-tuned 2.0 models by the usage their cards
+give (``import data2vec_hf`` first) and by the task Auto classes, in a fresh interpreter too.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import data2vec_hf
 import numpy as np
 import pytest
 import torch
-from data2vec_hf.finetuning import finetune_asr, finetune_glue, finetune_image
+from data2vec_hf.finetuning import common, finetune_asr, finetune_glue, finetune_image
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -47,6 +50,35 @@ TINY_VISION = (
     "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,image_size=32,patch_size=8,"
     "average_top_k_layers=2,min_mask_patches_per_block=2"
 )
+# data2vec 2.0 (``--version 2``): the same shapes plus a tiny decoder and two clones, as TINY_V2 in
+# tests/test_pretraining_scripts.py; the vision encoder gets one prenet block (layer 0 of layer decay).
+V2 = ",decoder_dim=16,decoder_groups=4,decoder_layers=2,clone_batch=2"
+TINY_V2 = {
+    "audio": TINY_AUDIO.replace(",mask_length=4", "") + V2,
+    "vision": TINY_VISION.replace(",min_mask_patches_per_block=2", "") + V2 + ",prenet_depth=1",
+    "text": TINY_TEXT.replace(",mlm_probability=0.3,mask_span_length=1", "")
+    + V2.replace("decoder_groups=4", "decoder_groups=1"),
+}
+# the pretrained checkpoint of each modality and version in the ``pretrained`` fixture
+CHECKPOINT = {1: "{}", 2: "{}_v2"}
+# what each script fine-tunes, per version
+ARCHITECTURE = {
+    1: {
+        "text": "Data2VecTextForSequenceClassification",
+        "audio": "Data2VecAudioForCTC",
+        "vision": "Data2VecVisionForImageClassification",
+    },
+    2: {
+        "text": "Data2Vec2TextForSequenceClassification",
+        "audio": "Data2Vec2AudioForCTC",
+        "vision": "Data2Vec2VisionForImageClassification",
+    },
+}
+# no dropout on the tiny learnable tasks (the two versions name the fields differently)
+NO_DROPOUT = {
+    1: "hidden_dropout_prob=0.0,attention_probs_dropout_prob=0.0",
+    2: "hidden_dropout=0.0,attention_dropout=0.0,post_mlp_dropout=0.0,embedding_dropout=0.0",
+}
 WORDS = "the quick brown fox jumps over a lazy dog and then runs far away from home".split()
 TRAINING = [
     "--report_to",
@@ -87,9 +119,31 @@ def color_images(root: Path, per_class: int = 12, seed: int = 0) -> Path:
     return root
 
 
+# Runs pretraining scripts one after the other in one interpreter, through the same ``main(argv)`` as
+# their command line: the imports (most of a tiny run's time) are paid once per version, not per run.
+PRETRAIN = textwrap.dedent(
+    """
+    import importlib
+    import json
+    import sys
+
+    from accelerate.state import AcceleratorState, PartialState
+
+    for script, argv in json.loads(sys.argv[1]):
+        code = importlib.import_module(f"data2vec_hf.pretraining.{script}").main(argv)
+        AcceleratorState._reset_state(True)  # a fresh Accelerator for the next run
+        PartialState._reset_state()
+        if code != 0:
+            sys.exit(f"{script} {' '.join(argv)}: exit status {code}")
+    """
+)
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
-    """{"text"|"audio"|"vision": checkpoint dir, "speech"|"images": data dir}, by the pretraining scripts."""
+    """{"text"|"audio"|"vision": 1.0 checkpoint dir, "text_v2"|"audio_v2"|"vision_v2": 2.0 checkpoint dir,
+    "speech"|"images": data dir}, by the pretraining scripts: the three 1.0 runs in one process, the
+    three 2.0 runs (``--version 2``) in another, both at once."""
     from data2vec_hf.pretraining.corpora import build_speech_corpus
 
     root = tmp_path_factory.mktemp("pretrained")
@@ -98,40 +152,47 @@ def pretrained(tmp_path_factory):
     text.write_text("\n".join(" ".join(rng.choices(WORDS, k=12)) for _ in range(80)) + "\n")
     speech = build_speech_corpus(root / "speech", num_clips=12)
     images = color_images(root / "images")
-    runs = {
-        "text": ["--train_file", text, "--config_overrides", TINY_TEXT, "--max_seq_length", "64"]
-        + ["--bpe_vocab_size", "300"],
-        "audio": ["--train_dir", speech, "--config_overrides", TINY_AUDIO, "--max_length_seconds", "2"],
-        "vision": ["--train_dir", images, "--config_overrides", TINY_VISION],
+    data = {
+        "text": ["--train_file", text, "--max_seq_length", "64", "--bpe_vocab_size", "300"],
+        "audio": ["--train_dir", speech, "--max_length_seconds", "2"],
+        "vision": ["--train_dir", images],
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["DATA2VEC_HF_CACHE"] = str(root / "cache")
-    env["HF_DATASETS_CACHE"] = str(root / "datasets-cache")
+    tiny = {1: {"text": TINY_TEXT, "audio": TINY_AUDIO, "vision": TINY_VISION}, 2: TINY_V2}
     processes = {}
-    for modality, args in runs.items():
-        out = root / modality
-        command = [sys.executable, str(ROOT / "pretraining" / f"pretrain_{modality}.py"), "--output_dir", out]
-        command += [
-            "--max_train_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "4",
-            "--cache_dir",
-            root / "cache",
-        ]
-        command += args
-        processes[modality] = subprocess.Popen(
-            [str(c) for c in command],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    for modality, process in processes.items():
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, f"pretrain_{modality}.py failed:\n{output[-5000:]}"
-    return {m: root / m for m in runs} | {"speech": speech, "images": images}
+    for version in (1, 2):
+        cache = root / f"cache_v{version}"  # one per process: both preprocess the same data at once
+        runs = []
+        for modality, args in data.items():
+            argv = ["--output_dir", root / CHECKPOINT[version].format(modality), "--max_train_steps", "2"]
+            argv += ["--per_device_train_batch_size", "4", "--cache_dir", cache, *args]
+            argv += ["--config_overrides", tiny[version][modality], "--version", version]
+            runs.append((f"pretrain_{modality}", [str(a) for a in argv]))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env["DATA2VEC_HF_CACHE"] = str(cache)
+        env["HF_DATASETS_CACHE"] = str(cache / "datasets")
+        # output to a file, not a pipe: a process must never wait for the test to read the other's pipe
+        with open(root / f"v{version}.log", "w") as log:
+            processes[version] = subprocess.Popen(
+                [sys.executable, "-c", PRETRAIN, json.dumps(runs)],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+    for version, process in processes.items():
+        process.wait(timeout=600)
+        output = (root / f"v{version}.log").read_text()
+        assert process.returncode == 0, f"data2vec {version}.0 pretraining failed:\n{output[-5000:]}"
+    names = [CHECKPOINT[version].format(modality) for version in (1, 2) for modality in data]
+    return {name: root / name for name in names} | {"speech": speech, "images": images}
+
+
+VERSIONS = pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
+
+
+def checkpoint(pretrained: dict, modality: str, version: int) -> Path:
+    """The pretraining output of ``modality`` (text, audio, vision) for data2vec ``version``."""
+    return pretrained[CHECKPOINT[version].format(modality)]
 
 
 def read_json(path: Path) -> dict:
@@ -187,29 +248,42 @@ def fox_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def glue_run(pretrained, tmp_path_factory):
+def fine_tune_glue(pretrained_dir: Path, root: Path, version: int) -> tuple[Path, Path]:
     """MRPC-style pair classification on local csv: trains, evaluates and predicts."""
-    root = tmp_path_factory.mktemp("glue")
     train = write_csv(root / "train.csv", fox_rows(96, seed=1))
     validation = write_csv(root / "validation.csv", fox_rows(40, seed=2))
     out = root / "out"
     finetune_glue.main(
         [
-            "--model_name_or_path", str(pretrained["text"]), "--task_name", "mrpc",
+            "--model_name_or_path", str(pretrained_dir), "--task_name", "mrpc",
             "--train_file", str(train), "--validation_file", str(validation), "--test_file", str(validation),
             "--do_train", "--do_eval", "--do_predict", "--output_dir", str(out),
             "--max_steps", "48", "--per_device_train_batch_size", "16", "--learning_rate", "5e-3",
             "--warmup_steps", "3", "--logging_steps", "4", "--save_steps", "100", "--eval_strategy", "no",
-            "--config_overrides", "hidden_dropout_prob=0.0,attention_probs_dropout_prob=0.0",
+            "--config_overrides", NO_DROPOUT[version],
             "--base_model_id", "someone/data2vec-text-tiny", *TRAINING,
         ]
     )  # fmt: skip
     return out, validation
 
 
-def test_glue_training_loss_falls_and_metrics_are_written(glue_run):
-    out, _ = glue_run
+@pytest.fixture(scope="module")
+def glue_run(pretrained, tmp_path_factory):
+    return fine_tune_glue(pretrained["text"], tmp_path_factory.mktemp("glue"), 1)
+
+
+@pytest.fixture(scope="module")
+def glue_run_v2(pretrained, tmp_path_factory):
+    return fine_tune_glue(pretrained["text_v2"], tmp_path_factory.mktemp("glue_v2"), 2)
+
+
+def glue_run_of(request, version: int) -> tuple[Path, Path]:
+    return request.getfixturevalue("glue_run" if version == 1 else "glue_run_v2")
+
+
+@VERSIONS
+def test_glue_training_loss_falls_and_metrics_are_written(version, request):
+    out, _ = glue_run_of(request, version)
     losses = logged_losses(out)
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
     all_results = read_json(out / "all_results.json")
@@ -221,12 +295,14 @@ def test_glue_training_loss_falls_and_metrics_are_written(glue_run):
         "training_args.bin"
     ]
     config = read_json(out / "config.json")
-    assert config["architectures"] == ["Data2VecTextForSequenceClassification"]
+    assert config["architectures"] == [ARCHITECTURE[version]["text"]]
     assert config["id2label"] == {"0": "0", "1": "1"}
+    assert config["problem_type"] == "single_label_classification"
 
 
-def test_glue_metrics_equal_sklearn_on_the_written_predictions(glue_run):
-    out, validation = glue_run
+@VERSIONS
+def test_glue_metrics_equal_sklearn_on_the_written_predictions(version, request):
+    out, validation = glue_run_of(request, version)
     with open(validation) as f:
         labels = np.array([int(r["label"]) for r in csv.DictReader(f)])
     predictions = np.array([int(p) for p in read_predictions(out / "predict_results_mrpc.txt")])
@@ -236,9 +312,10 @@ def test_glue_metrics_equal_sklearn_on_the_written_predictions(glue_run):
     assert read_json(out / "eval_results.json")["eval_accuracy"] == result["predict_accuracy"]
 
 
-def test_glue_cola_evaluates_matthews_correlation(glue_run, tmp_path):
+@VERSIONS
+def test_glue_cola_evaluates_matthews_correlation(version, request, tmp_path):
     """Evaluation only (no training) of the fine-tuned model under CoLA's metric."""
-    trained, _ = glue_run
+    trained, _ = glue_run_of(request, version)
     rows = [{"sentence": r["sentence1"], "label": r["label"]} for r in fox_rows(30, seed=5)]
     data = write_csv(tmp_path / "cola.csv", rows)
     out = tmp_path / "out"
@@ -255,7 +332,8 @@ def test_glue_cola_evaluates_matthews_correlation(glue_run, tmp_path):
     )
 
 
-def test_glue_stsb_regression_resume_and_push(pretrained, hub, tmp_path):  # noqa: F811
+@VERSIONS
+def test_glue_stsb_regression_resume_and_push(version, pretrained, hub, tmp_path):  # noqa: F811
     rng = random.Random(3)
     rows = []
     for _ in range(48):
@@ -266,7 +344,8 @@ def test_glue_stsb_regression_resume_and_push(pretrained, hub, tmp_path):  # noq
     data = write_csv(tmp_path / "stsb.csv", rows)
     out = tmp_path / "out"
     args = [
-        "--model_name_or_path", str(pretrained["text"]), "--task_name", "stsb", "--train_file", str(data),
+        "--model_name_or_path", str(checkpoint(pretrained, "text", version)), "--task_name", "stsb",
+        "--train_file", str(data),
         "--validation_file", str(data), "--test_file", str(data), "--output_dir", str(out),
         "--per_device_train_batch_size", "8", "--save_steps", "2", "--logging_steps", "1", *TRAINING,
     ]  # fmt: skip
@@ -286,6 +365,7 @@ def test_glue_stsb_regression_resume_and_push(pretrained, hub, tmp_path):  # noq
     config = read_json(out / "config.json")
     assert len(config["id2label"]) == 1
     assert config["problem_type"] == "regression"
+    assert config["architectures"] == [ARCHITECTURE[version]["text"]]
 
     labels = np.array([r["label"] for r in rows], dtype=np.float64)
     predictions = np.array([float(p) for p in read_predictions(out / "predict_results_stsb.txt")])
@@ -336,7 +416,8 @@ def glue_mnli_dataset():
     )
 
 
-def test_glue_mnli_matched_and_mismatched(pretrained, tmp_path, monkeypatch):
+@VERSIONS
+def test_glue_mnli_matched_and_mismatched(version, pretrained, tmp_path, monkeypatch):
     calls = []
 
     def fake_load_dataset(name, config=None, **kwargs):
@@ -346,7 +427,7 @@ def test_glue_mnli_matched_and_mismatched(pretrained, tmp_path, monkeypatch):
     monkeypatch.setattr(finetune_glue, "load_dataset", fake_load_dataset)
     out = tmp_path / "out"
     finetune_glue.main(
-        ["--model_name_or_path", str(pretrained["text"]), "--task_name", "mnli", "--do_train", "--do_eval",
+        ["--model_name_or_path", str(checkpoint(pretrained, "text", version)), "--task_name", "mnli", "--do_train", "--do_eval",
          "--do_predict", "--max_steps", "2", "--per_device_train_batch_size", "8", "--output_dir", str(out),
          *TRAINING]
     )  # fmt: skip
@@ -365,6 +446,27 @@ def test_glue_mnli_matched_and_mismatched(pretrained, tmp_path, monkeypatch):
     )
     assert card_metadata(out)["datasets"] == ["nyu-mll/glue"]
     assert read_json(out / "config.json")["id2label"]["2"] == "contradiction"
+
+
+@VERSIONS
+def test_gradient_accumulation_averages_the_micro_batch_losses(version, pretrained, tmp_path):
+    """Two accumulated half batches make the same first update as one full batch (same loss, same
+    gradient norm). The heads return the mean loss of their micro-batch; their ``forward`` takes
+    ``**kwargs``, so without ``accepts_loss_kwargs = False`` the Trainer would not divide that loss by the
+    accumulation steps (twice the loss and gradient here)."""
+    data = write_csv(tmp_path / "train.csv", fox_rows(32, seed=6))
+    logged = {}
+    for accumulation, batch in ((1, 16), (2, 8)):
+        out = tmp_path / f"accumulation{accumulation}"
+        finetune_glue.main(
+            ["--model_name_or_path", str(checkpoint(pretrained, "text", version)), "--task_name", "mrpc",
+             "--train_file", str(data), "--do_train", "--max_steps", "1", "--per_device_train_batch_size", str(batch),
+             "--gradient_accumulation_steps", str(accumulation), "--logging_steps", "1", "--save_strategy", "no",
+             "--config_overrides", NO_DROPOUT[version], "--output_dir", str(out), *TRAINING]
+        )  # fmt: skip
+        (entry,) = [e for e in read_json(out / "trainer_state.json")["log_history"] if "loss" in e]
+        logged[accumulation] = (entry["loss"], entry["grad_norm"])
+    assert logged[2] == pytest.approx(logged[1], rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -447,7 +549,8 @@ def test_vocabulary_and_ctc_collator():
     assert batch["labels"].tolist() == [[3, 4], [5, -100]]
 
 
-def test_asr_ctc_finetuning(pretrained, hub, tmp_path):  # noqa: F811
+@VERSIONS
+def test_asr_ctc_finetuning(version, pretrained, hub, tmp_path, caplog):  # noqa: F811
     speech = pretrained["speech"]
     with open(speech / "metadata.csv") as f:
         rows = [r for r in csv.DictReader(f) if int(r["num_samples"]) <= 4 * 16000]
@@ -457,14 +560,16 @@ def test_asr_ctc_finetuning(pretrained, hub, tmp_path):  # noqa: F811
         [{"file_name": r["file_name"], "transcription": r["transcription"]} for r in rows],
     )
     out = tmp_path / "out"
+    pretrained_dir = checkpoint(pretrained, "audio", version)
     finetune_asr.main(
-        ["--model_name_or_path", str(pretrained["audio"]), "--train_file", str(manifest),
+        ["--model_name_or_path", str(pretrained_dir), "--train_file", str(manifest),
          "--validation_file", str(manifest), "--test_file", str(manifest), "--do_train", "--do_eval",
          "--do_predict", "--max_duration_in_seconds", "4", "--max_steps", "4", "--per_device_train_batch_size", "4",
-         "--learning_rate", "1e-3", "--logging_steps", "1", "--output_dir", str(out), "--push_to_hub",
-         "--hub_model_id", "someone/d2v-asr", "--hub_token", DUMMY_TOKEN, *TRAINING]
+         "--learning_rate", "1e-3", "--logging_steps", "1", "--mask_time_prob", "0.05", "--output_dir", str(out),
+         "--push_to_hub", "--hub_model_id", "someone/d2v-asr", "--hub_token", DUMMY_TOKEN, *TRAINING]
     )  # fmt: skip
-    assert all(np.isfinite(logged_losses(out)))
+    losses = logged_losses(out)
+    assert len(losses) == 4 and all(np.isfinite(losses)), losses
     metrics = read_json(out / "all_results.json")
     assert {"eval_wer", "eval_cer", "predict_wer", "predict_cer"} <= set(metrics)
 
@@ -479,13 +584,25 @@ def test_asr_ctc_finetuning(pretrained, hub, tmp_path):  # noqa: F811
     assert [vocabulary[t] for t in ("<pad>", "<unk>", "|")] == [0, 1, 2]
     assert set(vocabulary) - {"<pad>", "<unk>", "|"} == set("".join(references)) - {" "}
     config = read_json(out / "config.json")
-    assert config["architectures"] == ["Data2VecAudioForCTC"] and config["vocab_size"] == len(vocabulary)
+    assert config["architectures"] == [ARCHITECTURE[version]["audio"]]
+    assert config["vocab_size"] == len(vocabulary)
     assert config["pad_token_id"] == 0 and config["ctc_loss_reduction"] == "mean"
+    # SpecAugment: 1.0's CTC model has it; 2.0's has no such field, and the script says it is ignored
+    ignored = [
+        r.getMessage() for r in caplog.records if r.name == common.__name__ and "ignored" in r.getMessage()
+    ]
+    if version == 1:
+        assert config["mask_time_prob"] == 0.05 and not ignored
+    else:
+        assert "mask_time_prob" not in config and any("mask_time_prob" in m for m in ignored), ignored
 
-    # --freeze_feature_encoder (default): the convolutional feature encoder is untouched
-    before, after = load_file(pretrained["audio"] / "model.safetensors"), load_file(out / "model.safetensors")
+    # --freeze_feature_encoder (default): the convolutional feature encoder is untouched, the rest trained
+    before, after = load_file(pretrained_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    prefix = {1: "data2vec_audio.", 2: "data2vec2_audio."}[version]
     conv = [k for k in before if k.startswith("feature_extractor.")]
-    assert conv and all(torch.equal(before[k], after[f"data2vec_audio.{k}"]) for k in conv)
+    assert conv and all(torch.equal(before[k], after[prefix + k]) for k in conv)
+    attention = [k for k in before if "attention" in k or "attn" in k]
+    assert attention and not any(torch.equal(before[k], after[prefix + k]) for k in attention)
 
     (commit,) = hub.commits
     assert set(commit["files"]) == {
@@ -499,6 +616,8 @@ def test_asr_ctc_finetuning(pretrained, hub, tmp_path):  # noqa: F811
         "wer",
     ]
     assert eval_results_of(out)[("validation", "wer")] == pytest.approx(metrics["eval_wer"], abs=1e-6)
+    assert f"data2vec-{version}.0" in metadata["tags"]
+    assert ("import data2vec_hf" in (out / "README.md").read_text()) == (version == 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,6 +668,89 @@ def test_layer_decay_parameter_groups(tmp_path):
     assert layer_id("fc_norm.weight", 3) == 4
 
 
+def expected_layer_ids(model) -> dict[str, int]:
+    """Layer ids of a Data2Vec2* task model from its module structure: the parameters of block ``i`` of
+    the backbone ``i + 1``, the rest of the backbone (the modality encoder) 0, the head
+    ``num_hidden_layers + 1``."""
+    prefix = model.base_model_prefix
+    backbone = getattr(model, prefix)
+    expected = {name: model.config.num_hidden_layers + 1 for name, _ in model.named_parameters()}
+    expected |= {name: 0 for name, _ in backbone.named_parameters(prefix=prefix)}
+    for i, block in enumerate(backbone.blocks):
+        expected |= {name: i + 1 for name, _ in block.named_parameters(prefix=f"{prefix}.blocks.{i}")}
+    return expected
+
+
+SHAPES = dict(
+    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, prenet_depth=1
+)
+TINY_V2_MODELS = {
+    "vision": lambda: data2vec_hf.Data2Vec2VisionForImageClassification(
+        data2vec_hf.Data2Vec2VisionConfig(image_size=32, patch_size=8, num_extra_tokens=1, num_labels=3, **SHAPES)
+    ),
+    "audio": lambda: data2vec_hf.Data2Vec2AudioForCTC(
+        data2vec_hf.Data2Vec2AudioConfig(
+            conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), num_conv_pos_embedding_groups=4,
+            conv_pos_kernel_size=7, num_conv_pos_embeddings=2, vocab_size=12, **SHAPES,
+        )
+    ),
+    "text": lambda: data2vec_hf.Data2Vec2TextForSequenceClassification(
+        data2vec_hf.Data2Vec2TextConfig(vocab_size=50, max_position_embeddings=20, num_labels=2, **SHAPES)
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("modality", sorted(TINY_V2_MODELS))
+def test_layer_decay_of_data2vec2_parameters(modality):
+    """Every parameter of each Data2Vec2* head gets its structural layer: the whole modality encoder
+    (local encoder, positions, ALiBi scale, extra tokens, context norm, prenet) 0, ``blocks.i`` i + 1,
+    the head last — and the optimizer groups carry the matching learning rates."""
+    from data2vec_hf.finetuning.common import layer_decay_parameter_groups, layer_id
+
+    model = TINY_V2_MODELS[modality]()
+    expected = expected_layer_ids(model)
+    assert {name: layer_id(name, 3) for name in expected} == expected
+    assert set(expected.values()) == {0, 1, 2, 3, 4}
+    encoder = {
+        "vision": ["patch_embedding.weight", "extra_tokens", "context_norm.weight", "prenet.0.attn.qkv.weight"],
+        "audio": ["feature_extractor.conv_layers.0.conv.weight", "feature_projection.1.weight", "alibi_scale",
+                  "relative_positions.layers.1.conv.weight", "context_norm.bias", "prenet.0.mlp.fc1.weight"],
+        "text": ["word_embeddings.weight", "position_embeddings.weight", "embedding_norm.weight",
+                 "context_norm.weight", "prenet.0.norm2.bias"],
+    }[modality]  # fmt: skip
+    for name in encoder:
+        assert expected[f"{model.base_model_prefix}.{name}"] == 0, name
+    groups = layer_decay_parameter_groups(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5)
+    assert sorted(n for g in groups for n in g["param_names"]) == sorted(expected)
+    for group in groups:
+        assert group["lr"] == 0.5 ** (4 - group["layer_id"])
+        assert all(expected[name] == group["layer_id"] for name in group["param_names"])
+        if group["weight_decay"]:  # matrices only: no biases, norms, extra tokens, ALiBi scales
+            assert all(
+                p.ndim > 1 and "extra_tokens" not in n for n, p in zip(group["param_names"], group["params"])
+            )
+
+
+def test_layer_decay_puts_the_positional_convolution_of_data2vec_audio_with_the_embeddings():
+    """1.0 audio: ``encoder.pos_conv_embed.layers.0`` runs before the blocks (not block 0)."""
+    from data2vec_hf.finetuning.common import layer_id
+    from transformers import Data2VecAudioConfig, Data2VecAudioForCTC
+
+    config = Data2VecAudioConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32, 32),
+        conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), num_conv_pos_embedding_groups=4, conv_pos_kernel_size=7,
+        num_conv_pos_embeddings=2, vocab_size=12,
+    )  # fmt: skip
+    ids = {name: layer_id(name, 3) for name, _ in Data2VecAudioForCTC(config).named_parameters()}
+    positional = [n for n in ids if ".pos_conv_embed." in n]
+    assert positional and all(ids[n] == 0 for n in positional)
+    assert all(ids[n] == 0 for n in ids if ".feature_extractor." in n or ".feature_projection." in n)
+    for i in range(3):
+        layer = [n for n in ids if f".encoder.layers.{i}." in n]
+        assert layer and all(ids[n] == i + 1 for n in layer)
+    assert ids["lm_head.weight"] == 4
+
+
 def test_mixup_loss_is_soft_target_cross_entropy(tmp_path):
     from timm.data import Mixup
     from transformers import TrainingArguments
@@ -584,13 +786,11 @@ def test_mixup_loss_is_soft_target_cross_entropy(tmp_path):
     )
 
 
-@pytest.fixture(scope="module")
-def image_run(pretrained, tmp_path_factory):
-    root = tmp_path_factory.mktemp("image")
+def fine_tune_image(pretrained_dir: Path, images: Path, root: Path) -> tuple[Path, Path]:
     validation = color_images(root / "validation", per_class=5, seed=1)
     out = root / "out"
     finetune_image.main(
-        ["--model_name_or_path", str(pretrained["vision"]), "--train_dir", str(pretrained["images"]),
+        ["--model_name_or_path", str(pretrained_dir), "--train_dir", str(images),
          "--validation_dir", str(validation), "--test_dir", str(validation), "--do_train", "--do_eval",
          "--do_predict", "--max_steps", "24", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
          "--layer_decay", "0.65", "--logging_steps", "3", "--save_steps", "100", "--auto_augment", "none",
@@ -599,8 +799,26 @@ def image_run(pretrained, tmp_path_factory):
     return out, validation
 
 
-def test_image_training_loss_falls_with_layer_decay(image_run):
-    out, _ = image_run
+@pytest.fixture(scope="module")
+def image_run(pretrained, tmp_path_factory):
+    return fine_tune_image(pretrained["vision"], pretrained["images"], tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="module")
+def image_run_v2(pretrained, tmp_path_factory):
+    return fine_tune_image(pretrained["vision_v2"], pretrained["images"], tmp_path_factory.mktemp("image_v2"))
+
+
+def image_run_of(request, version: int) -> tuple[Path, Path]:
+    return request.getfixturevalue("image_run" if version == 1 else "image_run_v2")
+
+
+@VERSIONS
+def test_image_training_loss_falls_with_layer_decay(version, request):
+    from data2vec_hf.finetuning.common import layer_decay_parameter_groups
+    from transformers import AutoModelForImageClassification
+
+    out, _ = image_run_of(request, version)
     losses = logged_losses(out)
     assert len(losses) == 8 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
     metrics = read_json(out / "all_results.json")
@@ -608,14 +826,31 @@ def test_image_training_loss_falls_with_layer_decay(image_run):
         metrics
     ) and "eval_top5_accuracy" not in metrics
     config = read_json(out / "config.json")
-    assert config["architectures"] == ["Data2VecVisionForImageClassification"]
+    assert config["architectures"] == [ARCHITECTURE[version]["vision"]]
     assert config["id2label"] == {"0": "blue", "1": "red"} and config["drop_path_rate"] == 0.1
     processor = read_json(out / "preprocessor_config.json")
     assert processor["crop_size"] == {"height": 32, "width": 32} and processor["size"]["height"] == 36
 
+    # the run's optimizer had the layer-decayed groups of the model's parameters: lr 3e-3 * 0.65 ** (3 - id)
+    model = AutoModelForImageClassification.from_pretrained(out)
+    expected = layer_decay_parameter_groups(model, learning_rate=3e-3, weight_decay=0.0, layer_decay=0.65)
+    saved = torch.load(out / "checkpoint-24" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [(g["layer_id"], len(g["params"])) for g in saved] == [
+        (g["layer_id"], len(g["params"])) for g in expected
+    ]
+    assert [g["initial_lr"] for g in saved] == pytest.approx(
+        [3e-3 * 0.65 ** (3 - g["layer_id"]) for g in saved]
+    )
+    assert {g["layer_id"] for g in saved} == {0, 1, 2, 3}
+    if version == 2:  # patch embedding, CLS token, context norm, prenet 0; blocks.i i + 1; fc_norm, head 3
+        ids = {name: g["layer_id"] for g in expected for name in g["param_names"]}
+        assert ids == expected_layer_ids(model)
+        assert ids["data2vec2_vision.prenet.0.attn.qkv.weight"] == ids["data2vec2_vision.extra_tokens"] == 0
 
-def test_image_metrics_equal_sklearn_and_card(image_run):
-    out, validation = image_run
+
+@VERSIONS
+def test_image_metrics_equal_sklearn_and_card(version, request):
+    out, validation = image_run_of(request, version)
     # imagefolder order: sorted paths, class sub-folders first
     labels = [p.parent.name for p in sorted(validation.rglob("*.png"))]
     predictions = read_predictions(out / "predict_results.txt")
@@ -624,9 +859,12 @@ def test_image_metrics_equal_sklearn_and_card(image_run):
     )
     metadata = card_metadata(out)
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-classification"
-    assert {"data2vec", "data2vec-1.0", "vision"} <= set(metadata["tags"])
+    assert {"data2vec", f"data2vec-{version}.0", "vision"} <= set(metadata["tags"])
     assert metadata["model-index"][0]["name"] == "out" and metadata["metrics"] == ["accuracy"]
-    assert "layer-wise lr decay | 0.65" in (out / "README.md").read_text()
+    text = (out / "README.md").read_text()
+    assert "layer-wise lr decay | 0.65" in text and f"data2vec {version}.0" in text
+    assert ("import data2vec_hf" in text) == (version == 2)
+    assert ("baevski2023efficient" in text) == (version == 2)  # data2vec 2.0 is cited for 2.0 models
 
 
 def test_image_mixup_cutmix_few_steps(pretrained, tmp_path):
@@ -687,3 +925,70 @@ def test_finetuned_models_run_in_plain_transformers_pipelines(glue_run, image_ru
     assert result.stdout.split() == [
         "ok", "Data2VecTextForSequenceClassification", "Data2VecAudioForCTC", "Data2VecVisionForImageClassification",
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# data2vec 2.0: the cards' usage (``import data2vec_hf`` first) and the task Auto classes, in a fresh process
+
+V2_USAGE = textwrap.dedent(
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    folders = [Path(p) for p in sys.argv[1:4]]  # text, speech, image
+    for folder in folders:  # transformers alone does not know the data2vec2-* model types
+        try:
+            AutoConfig.from_pretrained(folder)
+        except (KeyError, ValueError):
+            pass
+        else:
+            raise AssertionError(f"{folder} loaded without data2vec_hf")
+    assert "data2vec_hf" not in sys.modules
+    # the "How to use" block of each card, as written, run next to the folder it names
+    pipelines = []
+    for folder, name in zip(folders, ("classifier", "asr", "classifier")):
+        code = (folder / "README.md").read_text().split("```python\\n", 1)[1].split("```", 1)[0]
+        assert "import data2vec_hf" in code, code
+        os.chdir(folder.parent)
+        namespace = {}
+        exec(code, namespace)
+        pipelines.append(namespace[name])
+    text, asr, image = pipelines
+    assert text({"text": "the quick fox", "text_pair": "a lazy dog"})["label"] in {"0", "1"}
+    assert image(str(folders[2].parent / "image.jpg"))[0]["label"] in {"blue", "red"}
+
+    from transformers import AutoModelForCTC, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    autos = (AutoModelForSequenceClassification, AutoModelForCTC, AutoModelForImageClassification)
+    models = [auto.from_pretrained(folder) for auto, folder in zip(autos, folders)]
+    print("ok", *(type(m).__name__ for m in models), *(type(p.model).__name__ for p in pipelines))
+    """
+)
+
+
+def test_finetuned_v2_models_load_as_their_cards_say(glue_run_v2, image_run_v2, pretrained, tmp_path):
+    """The fine-tuned 2.0 folders reload through the task Auto classes and ``pipeline`` once
+    ``import data2vec_hf`` ran (and not before), exactly as the usage block of their cards says."""
+    asr_out = tmp_path / "asr" / "out"
+    finetune_asr.main(
+        ["--model_name_or_path", str(pretrained["audio_v2"]), "--train_dir", str(pretrained["speech"]),
+         "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "2", "--max_duration_in_seconds", "3",
+         "--output_dir", str(asr_out), *TRAINING]
+    )  # fmt: skip
+    # the files the usage blocks read: speech.wav and image.jpg next to the model folders
+    wav = sorted(pretrained["speech"].glob("*.wav"))[0]
+    (asr_out.parent / "speech.wav").write_bytes(wav.read_bytes())
+    png = sorted(pretrained["images"].rglob("*.png"))[0]
+    Image.open(png).convert("RGB").save(image_run_v2[0].parent / "image.jpg")
+    folders = [glue_run_v2[0], asr_out, image_run_v2[0]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", V2_USAGE, *map(str, folders)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    names = [ARCHITECTURE[2][m] for m in ("text", "audio", "vision")]
+    assert result.stdout.split() == ["ok", *names, *names]

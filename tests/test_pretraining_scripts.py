@@ -355,7 +355,10 @@ def test_bad_output_dir_is_a_clear_error(tmp_path):
 def test_streaming_local_data_with_tensorboard_tracking(tmp_path):
     data = audio_folder(tmp_path / "data", count=6)
     out = tmp_path / "out"
-    args = common(out, 4, batch=2, train_dir=data, config_overrides=TINY_AUDIO) + ["--streaming", "--with_tracking"]
+    args = common(out, 4, batch=2, train_dir=data, config_overrides=TINY_AUDIO) + [
+        "--streaming",
+        "--with_tracking",
+    ]
     check_ok(launch("pretrain_audio.py", args))
     assert summary(out)["updates"] == 4  # the 3-batch stream was iterated over more than one epoch
     events = list((out / "runs").rglob("events.out.tfevents.*"))
