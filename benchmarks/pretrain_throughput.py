@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument(
         "--clone_batch", type=int, default=8, help="data2vec 2.0 masked clones per sample (M)"
     )
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per version")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per version")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
