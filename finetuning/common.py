@@ -521,3 +521,28 @@ def write_card_and_push(
 
 def _import_line(version: str) -> str:
     return "import data2vec_hf  # registers the data2vec 2.0 classes\n" if version == "2.0" else ""
+
+
+def load_split(data_args, which: str, modality: str, cache_dir: str | None) -> datasets.Dataset | None:
+    """Raw split ``which`` ("train", "validation", "test") from local ``<which>_dir``/``<which>_file`` or a
+    Hub dataset, media columns undecoded; None when the split is not given."""
+    from data2vec_hf.pretraining.data import load_raw_dataset
+
+    local_dir = getattr(data_args, f"{which}_dir")
+    local_file = getattr(data_args, f"{which}_file")
+    if local_dir or local_file:
+        return load_raw_dataset(modality, train_dir=local_dir, train_file=local_file, cache_dir=cache_dir)
+    if data_args.dataset_name:
+        split = {
+            "train": data_args.train_split_name,
+            "validation": data_args.eval_split_name,
+            "test": data_args.predict_split_name,
+        }[which]
+        return load_raw_dataset(
+            modality,
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            train_split_name=split,
+            cache_dir=cache_dir,
+        )
+    return None

@@ -38,7 +38,6 @@ from data2vec_hf.pretraining.data import (
     DataError,
     UnreadableError,
     feature_encoder_receptive_field,
-    load_raw_dataset,
     pad_sequences,
     read_audio,
     resolve_column,
@@ -190,30 +189,6 @@ def make_tokenizer(vocabulary: dict[str, int], folder: Path, data_args: DataTrai
 # Data
 
 
-def load_split(
-    data_args: DataTrainingArguments, which: str, cache_dir: str | None
-) -> datasets.Dataset | None:
-    """Raw split ``which`` ("train", "validation", "test"), audio undecoded; None when not given."""
-    local_dir = getattr(data_args, f"{which}_dir")
-    local_file = getattr(data_args, f"{which}_file")
-    if local_dir or local_file:
-        return load_raw_dataset("audio", train_dir=local_dir, train_file=local_file, cache_dir=cache_dir)
-    if data_args.dataset_name:
-        split = {
-            "train": data_args.train_split_name,
-            "validation": data_args.eval_split_name,
-            "test": data_args.predict_split_name,
-        }[which]
-        return load_raw_dataset(
-            "audio",
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            train_split_name=split,
-            cache_dir=cache_dir,
-        )
-    return None
-
-
 def text_column(ds: datasets.Dataset, name: str | None) -> str:
     if name is not None:
         if name not in ds.column_names:
@@ -342,9 +317,17 @@ def main(argv=None) -> int:
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
-    raw_train = load_split(data_args, "train", model_args.cache_dir)
-    raw_eval = load_split(data_args, "validation", model_args.cache_dir) if training_args.do_eval else None
-    raw_test = load_split(data_args, "test", model_args.cache_dir) if training_args.do_predict else None
+    raw_train = common.load_split(data_args, "train", "audio", model_args.cache_dir)
+    raw_eval = (
+        common.load_split(data_args, "validation", "audio", model_args.cache_dir)
+        if training_args.do_eval
+        else None
+    )
+    raw_test = (
+        common.load_split(data_args, "test", "audio", model_args.cache_dir)
+        if training_args.do_predict
+        else None
+    )
     # Tokenizer: given, the checkpoint's own (already fine-tuned), or built from the training transcripts.
     source = model_args.tokenizer_name_or_path
     if source is None and (Path(model_args.model_name_or_path) / "vocab.json").is_file():

@@ -39,7 +39,6 @@ from data2vec_hf.metrics import top_k_accuracy
 from data2vec_hf.pretraining.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    load_raw_dataset,
     prepare_image_dataset,
     read_image,
     resolve_column,
@@ -181,27 +180,6 @@ def build_image_processor(aug: AugmentationArguments, size: int, mean, std) -> B
     )
 
 
-def load_split(data_args: DataTrainingArguments, which: str, cache_dir: str | None):
-    local_dir = getattr(data_args, f"{which}_dir")
-    local_file = getattr(data_args, f"{which}_file")
-    if local_dir or local_file:
-        return load_raw_dataset("vision", train_dir=local_dir, train_file=local_file, cache_dir=cache_dir)
-    if data_args.dataset_name:
-        split = {
-            "train": data_args.train_split_name,
-            "validation": data_args.eval_split_name,
-            "test": data_args.predict_split_name,
-        }[which]
-        return load_raw_dataset(
-            "vision",
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            train_split_name=split,
-            cache_dir=cache_dir,
-        )
-    return None
-
-
 def label_names(ds: datasets.Dataset, column: str) -> tuple[list[str], dict[Any, int] | None]:
     """(class names, value → id map, or None when the column already holds ``ClassLabel`` ids)."""
     if column not in ds.column_names:
@@ -287,9 +265,17 @@ def main(argv=None) -> int:
     checkpoint = common.resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
-    raw_train = load_split(data_args, "train", model_args.cache_dir)
-    raw_eval = load_split(data_args, "validation", model_args.cache_dir) if training_args.do_eval else None
-    raw_test = load_split(data_args, "test", model_args.cache_dir) if training_args.do_predict else None
+    raw_train = common.load_split(data_args, "train", "vision", model_args.cache_dir)
+    raw_eval = (
+        common.load_split(data_args, "validation", "vision", model_args.cache_dir)
+        if training_args.do_eval
+        else None
+    )
+    raw_test = (
+        common.load_split(data_args, "test", "vision", model_args.cache_dir)
+        if training_args.do_predict
+        else None
+    )
     if raw_train is None:
         raise SystemExit(
             "error: give training data (--train_dir, --train_file or --dataset_name); it defines the classes"
