@@ -523,7 +523,27 @@ def _import_line(version: str) -> str:
     return "import data2vec_hf  # registers the data2vec 2.0 classes\n" if version == "2.0" else ""
 
 
-def load_split(data_args, which: str, modality: str, cache_dir: str | None) -> datasets.Dataset | None:
+@dataclass
+class SplitSourceArguments:
+    """Where the train/validation/test splits come from (read by :func:`load_split`); a script's data
+    arguments subclass this and redefine ``train_dir``/``train_file`` with their expected layout."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset (network)"})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration"})
+    train_split_name: str = field(default="train", metadata={"help": "Hub split(s) for training"})
+    eval_split_name: str = field(default="validation", metadata={"help": "Hub split for evaluation"})
+    predict_split_name: str = field(default="test", metadata={"help": "Hub split for --do_predict"})
+    train_dir: str | None = field(default=None, metadata={"help": "local training folder"})
+    train_file: str | None = field(default=None, metadata={"help": "local training manifest"})
+    validation_dir: str | None = field(default=None, metadata={"help": "evaluation folder"})
+    validation_file: str | None = field(default=None, metadata={"help": "evaluation manifest"})
+    test_dir: str | None = field(default=None, metadata={"help": "folder for --do_predict"})
+    test_file: str | None = field(default=None, metadata={"help": "manifest for --do_predict"})
+
+
+def load_split(
+    data_args: SplitSourceArguments, which: str, modality: str, cache_dir: str | None
+) -> datasets.Dataset | None:
     """Raw split ``which`` ("train", "validation", "test") from local ``<which>_dir``/``<which>_file`` or a
     Hub dataset, media columns undecoded; None when the split is not given."""
     from data2vec_hf.pretraining.data import load_raw_dataset

@@ -97,18 +97,9 @@ class ModelArguments(common.ModelArguments):
 
 
 @dataclass
-class DataTrainingArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset (network)"})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration"})
-    train_split_name: str = field(default="train", metadata={"help": "Hub split(s) for training"})
-    eval_split_name: str = field(default="validation", metadata={"help": "Hub split for evaluation"})
-    predict_split_name: str = field(default="test", metadata={"help": "Hub split for --do_predict"})
+class DataTrainingArguments(common.SplitSourceArguments):
     train_dir: str | None = field(default=None, metadata={"help": "folder of audio + metadata.csv/.jsonl"})
     train_file: str | None = field(default=None, metadata={"help": "manifest .csv/.jsonl (file_name, text)"})
-    validation_dir: str | None = field(default=None, metadata={"help": "evaluation folder"})
-    validation_file: str | None = field(default=None, metadata={"help": "evaluation manifest"})
-    test_dir: str | None = field(default=None, metadata={"help": "folder for --do_predict"})
-    test_file: str | None = field(default=None, metadata={"help": "manifest for --do_predict"})
     validation_split_percentage: int = field(
         default=10,
         metadata={

@@ -67,18 +67,9 @@ class ModelArguments(common.ModelArguments):
 
 
 @dataclass
-class DataTrainingArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset (network)"})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration"})
-    train_split_name: str = field(default="train", metadata={"help": "Hub split for training"})
-    eval_split_name: str = field(default="validation", metadata={"help": "Hub split for evaluation"})
-    predict_split_name: str = field(default="test", metadata={"help": "Hub split for --do_predict"})
+class DataTrainingArguments(common.SplitSourceArguments):
     train_dir: str | None = field(default=None, metadata={"help": "image folder (class sub-folders)"})
     train_file: str | None = field(default=None, metadata={"help": "manifest .csv/.jsonl (file_name, label)"})
-    validation_dir: str | None = field(default=None, metadata={"help": "evaluation image folder"})
-    validation_file: str | None = field(default=None, metadata={"help": "evaluation manifest"})
-    test_dir: str | None = field(default=None, metadata={"help": "image folder for --do_predict"})
-    test_file: str | None = field(default=None, metadata={"help": "manifest for --do_predict"})
     train_val_split: float = field(
         default=0.15, metadata={"help": "local data without a validation set: hold out this fraction"}
     )
