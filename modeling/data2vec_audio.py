@@ -9,12 +9,12 @@ from transformers import Data2VecAudioConfig, Data2VecAudioModel
 from transformers.models.data2vec.modeling_data2vec_audio import Data2VecAudioPreTrainedModel
 
 from .masking import compute_span_mask
-from .objective import OBJECTIVE_DOC, Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin
+from .objective import OBJECTIVE_DOC, Data2VecBackboneConfigMixin, Data2VecPreTrainingMixin
 from .targets import record_outputs
 
 
 @strict
-class Data2VecAudioPreTrainingConfig(Data2VecAudioConfig, Data2VecObjectiveConfigMixin):
+class Data2VecAudioPreTrainingConfig(Data2VecAudioConfig, Data2VecBackboneConfigMixin):
     __doc__ = (
         """Configuration of :class:`Data2VecAudioForPreTraining`.
 

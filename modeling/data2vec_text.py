@@ -9,12 +9,12 @@ from transformers import Data2VecTextConfig, Data2VecTextModel
 from transformers.models.data2vec.modeling_data2vec_text import Data2VecTextPreTrainedModel
 
 from .masking import mask_tokens
-from .objective import OBJECTIVE_DOC, Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin
+from .objective import OBJECTIVE_DOC, Data2VecBackboneConfigMixin, Data2VecPreTrainingMixin
 from .targets import record_outputs
 
 
 @strict
-class Data2VecTextPreTrainingConfig(Data2VecTextConfig, Data2VecObjectiveConfigMixin):
+class Data2VecTextPreTrainingConfig(Data2VecTextConfig, Data2VecBackboneConfigMixin):
     __doc__ = (
         """Configuration of :class:`Data2VecTextForPreTraining`.
 

@@ -9,12 +9,12 @@ from transformers import Data2VecVisionConfig, Data2VecVisionModel
 from transformers.models.data2vec.modeling_data2vec_vision import Data2VecVisionPreTrainedModel
 
 from .masking import BlockMaskGenerator
-from .objective import OBJECTIVE_DOC, Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin
+from .objective import OBJECTIVE_DOC, Data2VecBackboneConfigMixin, Data2VecPreTrainingMixin
 from .targets import record_outputs
 
 
 @strict
-class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecObjectiveConfigMixin):
+class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecBackboneConfigMixin):
     __doc__ = (
         """Configuration of :class:`Data2VecVisionForPreTraining`.
 

@@ -57,8 +57,15 @@ class Data2VecObjectiveConfigMixin:
     min_pred_var: float = 0.01
     collapse_guard_after: int = 5000
 
-    # Subclasses name their native backbone config and list their own extra (masking, head) fields,
-    # so that the backbone config can be rebuilt without them.
+
+@dataclass(repr=False)
+class Data2VecBackboneConfigMixin(Data2VecObjectiveConfigMixin):
+    """data2vec 1.0 pretraining configs: a transformers backbone config plus the objective fields.
+
+    Subclasses name their native backbone config and list their own extra (masking, head) fields,
+    so that the backbone config can be rebuilt without them. (2.0 configs describe their own models.)
+    """
+
     backbone_config_class: ClassVar[type]
     pretraining_only_fields: ClassVar[tuple[str, ...]] = ()
 
