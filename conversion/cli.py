@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="",
         metavar="REFERENCE.safetensors",
         help="reload the written model and compare it with fairseq (when importable) and with the given "
-        "reference outputs (format of shared/reference/fairseq/*.outputs.safetensors); nothing is "
+        "reference outputs (format of tests/fixtures/fairseq/*.outputs.safetensors in this repository); nothing is "
         "written when they disagree",
     )
     check.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed by --verify")

@@ -1,7 +1,7 @@
 """``--verify``: the converted model against recorded reference outputs and, when it is importable,
 against fairseq itself.
 
-Reference files use the format of ``shared/reference/fairseq/*.outputs.safetensors``: inputs
+Reference files use the format of ``tests/fixtures/fairseq/*.outputs.safetensors in this repository``: inputs
 (``source``, ``padded.source`` + ``padded.padding_mask_input``, ``src_tokens``, ``padded.src_tokens``,
 ``pretrain.mask``, …) next to what fairseq computed from them (``features.x``,
 ``features.layer_results.{i}.x``, ``features.inner_states.{i}``, ``pretrain.targets_y_masked``, …).

@@ -35,6 +35,7 @@ DATA2VEC2_DOC = """
         layerdrop (`float`). drop_path_rate (`float`): ``end_drop_path_rate`` (linear from 0 over the blocks).
         prenet_depth (`int`): extra blocks in the modality encoder. prenet_dropout / prenet_layerdrop (`float`).
         num_extra_tokens (`int`): learned tokens (CLS) prepended before the blocks.
+        init_extra_token_zero (`bool`): the first extra token starts at zero (else, like the others, N(0, 1)).
         initializer_range (`float`): std of the normal initialisation.
 
     Pretraining fields (fairseq ``model`` and ``modalities.<m>`` sections):
@@ -88,6 +89,7 @@ class Data2Vec2ConfigMixin(Data2VecObjectiveConfigMixin):
     decoder_projection_layers: int = 1
     decoder_projection_ratio: float | int = 2.0
     cls_loss: float | int = 0.0
+    init_extra_token_zero: bool = True
     ema_encoder_only: bool = False
     ema_local_encoder: bool = False
 
@@ -142,27 +144,67 @@ def sample_clone_masks(config, grid: tuple[int, ...], padding: list, generators:
     """``clone_batch`` masks per sample (rows clone-major), each sample drawing from its own generator.
 
     Block masking (``mask_length`` > 1) or, for text, MAE-style random masking, with the same number of
-    masked positions in every row. ``padding`` holds one padding mask (or None) per sample.
+    masked positions in every row. ``padding`` holds one padding mask (or None) per sample. A padded
+    1-D row is block-masked over its real steps only and its padding is masked too (dropped from the
+    student, never regressed); rows are then brought to one count by un-masking padding.
     """
     from .masking import block_mask, random_token_mask
 
-    rows = []
+    rows, row_padding, row_generators = [], [], []
     for pad, generator in zip(padding, generators):
+        padded = pad is not None and len(grid) == 1 and bool(pad.any())
         for _ in range(config.clone_batch):
             if config.mask_length <= 1 and len(grid) == 1:
-                rows.append(random_token_mask(grid[0], config.mask_prob, pad, generator))
+                row = random_token_mask(grid[0], config.mask_prob, pad, generator)
+            elif padded:
+                real = int((~pad).sum())
+                row = torch.ones(grid[0], dtype=torch.bool)
+                row[:real] = block_mask((real,), *_block_mask_args(config), generator)
             else:
-                rows.append(
-                    block_mask(
-                        grid,
-                        config.mask_prob,
-                        config.mask_length,
-                        config.inverse_mask,
-                        config.mask_prob_adjust,
-                        generator,
-                    )
-                )
-    return torch.stack(rows)
+                row = block_mask(grid, *_block_mask_args(config), generator)
+            rows.append(row)
+            row_padding.append(pad if padded else None)
+            row_generators.append(generator)
+    return equalize_mask_counts(torch.stack(rows), row_padding, row_generators)
+
+
+def _block_mask_args(config) -> tuple:
+    return config.mask_prob, config.mask_length, config.inverse_mask, config.mask_prob_adjust
+
+
+def equalize_mask_counts(mask: torch.Tensor, padding: list, generators: list) -> torch.Tensor:
+    """Give every row as many masked positions as the row with the fewest: un-mask padding first (it
+    stays out of attention and the loss either way), then, only if that is not enough, random masked
+    real positions."""
+    counts = mask.sum(-1)
+    target = int(counts.min())
+    if bool((counts == target).all()):
+        return mask
+    mask = mask.clone()
+    for row, (pad, generator) in enumerate(zip(padding, generators)):
+        excess = int(mask[row].sum()) - target
+        if excess > 0 and pad is not None:
+            masked_padding = (mask[row] & pad).nonzero().squeeze(-1)
+            mask[row, masked_padding[:excess]] = False
+            excess -= min(excess, len(masked_padding))
+        if excess > 0:
+            masked = mask[row].nonzero().squeeze(-1)
+            mask[row, masked[torch.randperm(len(masked), generator=generator)[:excess]]] = False
+    return mask
+
+
+def conv_positions(relative: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None = None):
+    """Run a convolutional positional encoder (``relative.layers``) on B x T x D. Padded steps are
+    zeroed before every layer, so that real steps never see how much padding follows them (fairseq
+    lets the convolution read padding, which makes a sample's features depend on the batch it is
+    padded in; its pretraining never pads, and without padding the two are the same)."""
+    if padding_mask is None or not hasattr(relative, "layers"):
+        return relative(x)
+    keep = (~padding_mask).unsqueeze(1).to(x.dtype)
+    h = x.transpose(1, 2) * keep
+    for layer in relative.layers:
+        h = layer(h) * keep
+    return h.transpose(1, 2)
 
 
 def dropout(p: float) -> nn.Module:
@@ -274,15 +316,19 @@ class Decoder(nn.Module):
             dim = next_dim
         layers.append(nn.Linear(dim, config.hidden_size))
         self.proj = nn.Sequential(*layers)
+        mark_init(self.modules(), "default")  # fairseq resets the decoder to PyTorch's init
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """B x T x D in, B x T x hidden_size out. With ``padding_mask`` (B x T, 1-D only) padded steps are
+        zeroed before every convolution, so real steps never read padding."""
         batch, length, dim = x.shape
         x = x.transpose(1, 2)
         if self.grid is not None:
             x = x.reshape(batch, dim, *self.grid)
+        keep = None if padding_mask is None else (~padding_mask).unsqueeze(1).to(x.dtype)
         residual = x
         for conv in self.convs:
-            x = conv(x)
+            x = conv(x if keep is None else x * keep)
             if self.kernel % 2 == 0:  # "same" padding for even kernels: drop the extra step
                 x = x[..., :-1] if x.dim() == 3 else x[..., :-1, :-1]
             x = F.gelu(F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1))
@@ -305,9 +351,20 @@ class Data2Vec2PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # transformers' init functions skip tensors that were loaded from a checkpoint
+        """fairseq's data2vec 2.0 initialisation: ``init_bert_params`` on the whole model (Linear and
+        Embedding N(0, 0.02), zero biases), then the modules a modality resets — marked here with
+        ``init_scheme``: ``"default"`` (PyTorch's own init: decoder convs and projection, positional
+        convs, the audio feature projection) or ``"xavier"`` (the patch embedding, as MAE). Other convs
+        (the audio CNN) are Kaiming-normal. transformers' init functions skip loaded tensors."""
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        scheme = getattr(module, "init_scheme", None)
+        if scheme == "default":
+            pytorch_default_init(module)
+        elif scheme == "xavier":
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            pytorch_default_init(module, weight=False)
+        elif isinstance(module, nn.Linear):
             init.normal_(module.weight, 0.0, std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -324,10 +381,33 @@ class Data2Vec2PreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, Data2Vec2Backbone):
             if module.extra_tokens is not None:
-                init.normal_(module.extra_tokens, 0.0, std)
+                # fairseq: zeros (init_extra_token_zero), else N(0, 1); tokens after the first are N(0, 1)
+                init.normal_(module.extra_tokens, 0.0, 1.0)
+                if self.config.init_extra_token_zero and not getattr(
+                    module.extra_tokens, "_is_hf_initialized", False
+                ):
+                    module.extra_tokens[:, 0].zero_()
             if module._part("alibi_scale") is not None:
                 init.constant_(module.alibi_scale, module.config.alibi_scale_init)
             module.reset_constant_buffers()
+
+
+def pytorch_default_init(module: nn.Module, weight: bool = True) -> None:
+    """PyTorch's own initialisation of a Linear/Conv layer (Kaiming-uniform with a = √5 and a uniform
+    bias of ±1/√fan_in), leaving tensors loaded from a checkpoint alone."""
+    fan_in = module.weight[0].numel()
+    if weight:
+        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        init.uniform_(module.bias, -bound, bound)
+
+
+def mark_init(modules, scheme: str) -> None:
+    """Tag Linear/Conv modules with the initialisation scheme :meth:`_init_weights` gives them."""
+    for module in modules:
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+            module.init_scheme = scheme
 
 
 class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
@@ -367,19 +447,6 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
     def reset_constant_buffers(self) -> None:
         """Recompute non-persistent constant buffers (they are not in checkpoints)."""
 
-    @staticmethod
-    def relative_position_features(relative: nn.Module, x: torch.Tensor, padding_mask=None) -> torch.Tensor:
-        """Run the convolutional positional encoder. Padded steps are zeroed before every layer, so
-        that real steps never see how much padding follows them (fairseq lets the convolution read
-        padding, which makes a sample's features depend on the batch it is padded in)."""
-        if padding_mask is None or not hasattr(relative, "layers"):
-            return relative(x)
-        keep = (~padding_mask).unsqueeze(1).to(x.dtype)
-        h = x.transpose(1, 2) * keep
-        for layer in relative.layers:
-            h = layer(h) * keep
-        return h.transpose(1, 2)
-
     def _alibi(self, batch: int, length: int, device) -> torch.Tensor | None:
         alibi_scale = self._part("alibi_scale")
         if alibi_scale is None:
@@ -399,7 +466,7 @@ class Data2Vec2Backbone(Data2Vec2PreTrainedModel):
         if relative is not None:
             # masked positions are zeroed before the positional convolution, as in fairseq
             source = x if mask_info is None else x.masked_fill(mask_info.mask.unsqueeze(-1), 0.0)
-            positions = self.relative_position_features(relative, source, padding_mask)
+            positions = conv_positions(relative, source, padding_mask)
         bias = self._alibi(batch, length, x.device)
         if mask_info is not None:
             x = gather_positions(x, mask_info.ids_keep)
@@ -531,7 +598,9 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
         noise = decoder_input.new_empty(
             decoder_input.shape[0], length - decoder_input.shape[1], decoder_input.shape[2]
         ).normal_(0, cfg.mask_noise_std)
-        decoded = self.decoder(gather_positions(torch.cat([decoder_input, noise], 1), info.ids_restore))
+        decoded = self.decoder(
+            gather_positions(torch.cat([decoder_input, noise], 1), info.ids_restore), student_padding
+        )
 
         # targets: padded positions are never regressed
         regress = mask if student_padding is None else mask & ~student_padding
@@ -539,7 +608,7 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
             self.teacher.run(
                 backbone, **self.teacher_inputs(inputs, features.detach(), attention_mask, padding_mask)
             )
-        targets = self._targets([y[:, extra:] for y in ffn_outputs])
+        targets = self._targets([y[:, extra:] for y in ffn_outputs], padding_mask)
         repeated = targets.repeat_interleave(clones, 0) if clones > 1 else targets
         output = self._objective(decoded[regress], repeated[regress], regress, x)
 

@@ -22,6 +22,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainingMixin,
     Decoder,
     classification_loss,
+    mark_init,
     sample_clone_masks,
 )
 from .data2vec_audio import num_frames
@@ -111,6 +112,8 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
             nn.LayerNorm(config.conv_dim[-1], eps=1e-5), nn.Linear(config.conv_dim[-1], config.hidden_size)
         )
         self.relative_positions = Data2VecAudioPositionalConvEmbedding(config)
+        # fairseq keeps PyTorch's init for these (project_features is reset after init_bert_params)
+        mark_init([*self.relative_positions.modules(), *self.feature_projection.modules()], "default")
         if config.use_alibi:
             scale = torch.full((config.num_attention_heads,), float(config.alibi_scale_init))
             self.alibi_scale = nn.Parameter(scale, requires_grad=config.learned_alibi_scale)
@@ -143,9 +146,15 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
 
 
 def sample_audio_masks_v2(config, batch: dict, generators: list) -> dict:
-    """Per-example clone masks for a padded batch; returns the forward argument ``mask_time_indices``."""
+    """Per-example clone masks (real frames only when the batch is padded); returns the forward argument
+    ``mask_time_indices``."""
     length = int(num_frames(config, torch.tensor(batch["input_values"].shape[-1])))
-    return {"mask_time_indices": sample_clone_masks(config, (length,), [None] * len(generators), generators)}
+    attention_mask = batch.get("attention_mask")
+    padding = [None] * len(generators)
+    if attention_mask is not None:
+        frames = num_frames(config, attention_mask.sum(-1))
+        padding = list(torch.arange(length)[None, :] >= frames[:, None])
+    return {"mask_time_indices": sample_clone_masks(config, (length,), padding, generators)}
 
 
 class Data2Vec2AudioForPreTraining(Data2Vec2PreTrainingMixin, Data2Vec2PreTrainedModel):

@@ -17,6 +17,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainingMixin,
     Decoder,
     classification_loss,
+    mark_init,
     sample_clone_masks,
 )
 from .objective import OBJECTIVE_DOC
@@ -69,6 +70,7 @@ class Data2Vec2VisionConfig(PreTrainedConfig, Data2Vec2ConfigMixin):
     decoder_layers: int = 6
     decoder_input_dropout: float | int = 0.0
     cls_loss: float | int = 0.01
+    init_extra_token_zero: bool = False
     ema_local_encoder: bool = True
 
     @property
@@ -104,6 +106,7 @@ class Data2Vec2VisionModel(Data2Vec2Backbone):
         self.patch_embedding = nn.Conv2d(
             config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
         )
+        mark_init([self.patch_embedding], "xavier")  # MAE's patch embedding init, as fairseq
         self.register_buffer(
             "fixed_positions", torch.empty(1, config.grid_size**2, config.hidden_size), persistent=False
         )

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import Data2VecAudioConfig, Data2VecAudioModel
 from transformers.models.data2vec.modeling_data2vec_audio import Data2VecAudioPreTrainedModel
 
-from .masking import compute_span_mask
+from .masking import compute_span_mask, trim_to_same_count
 from .objective import OBJECTIVE_DOC, Data2VecBackboneConfigMixin, Data2VecPreTrainingMixin
 from .targets import record_outputs
 
@@ -27,13 +27,15 @@ class Data2VecAudioPreTrainingConfig(Data2VecAudioConfig, Data2VecBackboneConfig
         mask_prob (`float`): probability of each frame starting a masked span (0.65).
         mask_length (`int`): span length in frames (10).
         mask_min_masks (`int`): minimum number of spans per sample (1).
+        require_same_masks (`bool`): every row of a batch keeps only as many masked steps as the row with
+            the fewest (a random subset; fairseq's ``require_same_masks``, on in the released recipe).
 """
         + OBJECTIVE_DOC
     )
 
     model_type = "data2vec-audio-pretraining"
     backbone_config_class = Data2VecAudioConfig
-    pretraining_only_fields = ("mask_prob", "mask_length", "mask_min_masks")
+    pretraining_only_fields = ("mask_prob", "mask_length", "mask_min_masks", "require_same_masks")
 
     # backbone defaults of the released base pretraining run
     layerdrop: float | int = 0.05
@@ -48,6 +50,7 @@ class Data2VecAudioPreTrainingConfig(Data2VecAudioConfig, Data2VecBackboneConfig
     mask_prob: float | int = 0.65
     mask_length: int = 10
     mask_min_masks: int = 1
+    require_same_masks: bool = True
 
 
 def num_frames(config: Data2VecAudioConfig, num_samples: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,37 @@ def sample_audio_masks(config, batch: dict, generators: list[torch.Generator]) -
         )
         for n, g in zip(frames.tolist(), generators)
     ]
-    return {"mask_time_indices": torch.cat(rows)}
+    mask = torch.cat(rows)
+    if config.require_same_masks:
+        mask = trim_to_same_count(mask, generators)
+    return {"mask_time_indices": mask}
+
+
+def encode_without_padding_leaks(
+    encoder, hidden: torch.Tensor, frame_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """transformers' ``Data2VecAudioEncoder`` forward, except that with padding (``frame_mask``, 1 = real)
+    padded steps are zeroed before *every* positional convolution layer. transformers (and fairseq)
+    zero them only before the first, so the later layers read padding and a clip's features depend on
+    the batch it is padded in; fairseq's pretraining never pads, and without padding both are the same."""
+    if frame_mask is None:
+        return encoder(hidden).last_hidden_state
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from .data2vec2 import conv_positions
+
+    frame_mask = frame_mask.bool()
+    hidden = hidden * frame_mask.unsqueeze(-1).to(hidden.dtype)
+    positions = conv_positions(encoder.pos_conv_embed, hidden, ~frame_mask)
+    hidden = encoder.dropout(encoder.layer_norm(hidden + positions))
+    attention_mask = create_bidirectional_mask(
+        config=encoder.config, inputs_embeds=hidden, attention_mask=frame_mask
+    )
+    for layer in encoder.layers:
+        if encoder.training and encoder.config.layerdrop > 0.0 and torch.rand([]) < encoder.config.layerdrop:
+            continue
+        hidden = layer(hidden, attention_mask=attention_mask)
+    return hidden
 
 
 class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrainedModel):
@@ -109,15 +142,17 @@ class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrai
 
     def sample_mask(self, batch_size: int, num_frames: int, frame_mask=None, generator=None):
         cfg = self.config
-        return compute_span_mask(
+        mask = compute_span_mask(
             (batch_size, num_frames),
             cfg.mask_prob,
             cfg.mask_length,
             attention_mask=frame_mask,
             min_masks=cfg.mask_min_masks,
             generator=generator,
-            device=self.device,
         )
+        if cfg.require_same_masks:
+            mask = trim_to_same_count(mask, [generator] * batch_size)
+        return mask.to(self.device)
 
     def forward(
         self,
@@ -144,13 +179,16 @@ class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrai
             )
 
         student_input = torch.where(mask.unsqueeze(-1), backbone.masked_spec_embed.to(hidden.dtype), hidden)
-        encoded = backbone.encoder(student_input, attention_mask=frame_mask).last_hidden_state
+        encoded = encode_without_padding_leaks(backbone.encoder, student_input, frame_mask)
         prediction = self.final_proj(encoded[mask])
 
         layers = backbone.encoder.layers
         with record_outputs([layer.feed_forward for layer in layers]) as ffn_outputs:
-            self.teacher.run(backbone.encoder, hidden.detach().clone(), attention_mask=frame_mask)
-        target = self._targets(ffn_outputs)[mask]
+            self.teacher.run(
+                backbone.encoder, hidden.detach().clone(), frame_mask, call=encode_without_padding_leaks
+            )
+        padding_mask = None if frame_mask is None else ~frame_mask.bool()
+        target = self._targets(ffn_outputs, padding_mask)[mask]
         return self._objective(prediction, target, mask, encoded)
 
 

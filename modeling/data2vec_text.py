@@ -32,6 +32,10 @@ class Data2VecTextPreTrainingConfig(Data2VecTextConfig, Data2VecBackboneConfigMi
         mask_span_length (`int`): selected tokens come in runs of this length (fairseq's
             ``mask_multiple_length``, 4).
         head_layers (`int`): layers of the regression head (2: D → 2D → GELU → D).
+        regress_only_mask_tokens (`bool`): regress only the selected positions that show the mask token
+            (fairseq: ``src_tokens == <mask>``); False regresses every selected position, also those
+            replaced by a random token or left unchanged (the same for the released recipe, which masks
+            every selected token).
 """
         + OBJECTIVE_DOC
     )
@@ -45,6 +49,7 @@ class Data2VecTextPreTrainingConfig(Data2VecTextConfig, Data2VecBackboneConfigMi
         "random_replace_prob",
         "mask_span_length",
         "head_layers",
+        "regress_only_mask_tokens",
     )
 
     # backbone defaults of the released base model (fairseq RoBERTa layout)
@@ -60,6 +65,9 @@ class Data2VecTextPreTrainingConfig(Data2VecTextConfig, Data2VecBackboneConfigMi
     ema_decay: float = 0.999
     ema_end_decay: float = 0.9999
     ema_anneal_end_step: int = 300000
+    # fairseq's data2vec_text has no collapse guard
+    min_target_var: float = 0.0
+    min_pred_var: float = 0.0
     # masking and head
     mask_token_id: int = 50264
     mlm_probability: float = 0.35
@@ -67,6 +75,7 @@ class Data2VecTextPreTrainingConfig(Data2VecTextConfig, Data2VecBackboneConfigMi
     random_replace_prob: float = 0.0
     mask_span_length: int = 4
     head_layers: int = 2
+    regress_only_mask_tokens: bool = True
 
 
 def build_regression_head(hidden_size: int, num_layers: int) -> nn.Sequential:
@@ -133,6 +142,12 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
                 "set mask_token_id to your tokenizer's mask token id"
             )
         self.data2vec_text = Data2VecTextModel(config.to_backbone_config(), add_pooling_layer=False)
+        # fairseq's encoder has no token-type embedding: transformers' single row is a constant offset,
+        # kept fixed (zero unless loaded) so that it is not an extra trainable bias
+        token_type = self.data2vec_text.embeddings.token_type_embeddings.weight
+        with torch.no_grad():
+            token_type.zero_()
+        token_type.requires_grad_(False)
         self.regression_head = build_regression_head(config.hidden_size, config.head_layers)
         self._build_teacher()
         self.post_init()
@@ -160,9 +175,12 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
     ):
         """``input_ids`` are the student's (already masked when ``labels`` is given) tokens."""
         if labels is not None:
-            mask = labels != -100
-            original_ids = torch.where(mask, labels, input_ids)
+            selected = labels != -100
+            original_ids = torch.where(selected, labels, input_ids)
             student_ids = input_ids
+            mask = selected
+            if self.config.regress_only_mask_tokens:
+                mask = selected & (input_ids == self.config.mask_token_id)
         elif masked_positions is not None:
             mask = masked_positions.to(device=input_ids.device, dtype=torch.bool)
             original_ids = input_ids
@@ -171,6 +189,8 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
             original_ids = input_ids
             student_ids, labels = self.sample_mask(input_ids, attention_mask)
             mask = labels != -100
+            if self.config.regress_only_mask_tokens:
+                mask &= student_ids == self.config.mask_token_id
 
         backbone = self.data2vec_text
         encoded = backbone(input_ids=student_ids, attention_mask=attention_mask).last_hidden_state

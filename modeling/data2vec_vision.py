@@ -19,8 +19,16 @@ class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecBackboneConf
         """Configuration of :class:`Data2VecVisionForPreTraining`.
 
     All fields of ``transformers.Data2VecVisionConfig`` describe the (BEiT-style) backbone; pretraining
-    needs ``use_mask_token=True``. Defaults of the pretraining fields follow fairseq's
-    ``examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml`` and the paper (60% block masking).
+    needs ``use_mask_token=True``. Defaults follow fairseq's ``data2vec_vision`` model and its
+    ``examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml`` (layer scale 1e-4, attention
+    dropout 0.05, drop path 0.25, block-output targets, EMA annealed over the whole run) and the paper's
+    60% block masking (the BEiT-codebase recipe the released models were trained with).
+
+    Target field:
+
+        end_of_block_targets (`bool`): targets are the blocks' outputs after the residual connection
+            (fairseq's default and the BEiT-codebase ``--layer_results end``); False regresses the
+            (layer-scaled) FFN outputs before it, as the paper describes for audio and text.
 
     Masking fields:
 
@@ -35,6 +43,7 @@ class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecBackboneConf
     model_type = "data2vec-vision-pretraining"
     backbone_config_class = Data2VecVisionConfig
     pretraining_only_fields = (
+        "end_of_block_targets",
         "mask_ratio",
         "min_mask_patches_per_block",
         "max_mask_patches_per_block",
@@ -47,13 +56,19 @@ class Data2VecVisionPreTrainingConfig(Data2VecVisionConfig, Data2VecBackboneConf
     use_mean_pooling: bool = False
     layer_norm_eps: float = 1e-6
     drop_path_rate: float | int = 0.25
+    layer_scale_init_value: float | int = 1e-4
+    attention_probs_dropout_prob: float | int = 0.05
     # objective
+    end_of_block_targets: bool = True
     average_top_k_layers: int = 6
     layer_norm_targets: bool = True
     loss_beta: float | int = 2.0
     ema_decay: float = 0.999
     ema_end_decay: float = 0.9998
-    ema_anneal_end_step: int = 375300
+    ema_anneal_end_step: int | None = None  # the whole run (fairseq: ${optimization.max_update})
+    # fairseq's data2vec_vision has no collapse guard
+    min_target_var: float = 0.0
+    min_pred_var: float = 0.0
     # masking
     mask_ratio: float = 0.6
     min_mask_patches_per_block: int = 16
@@ -119,16 +134,20 @@ class Data2VecVisionForPreTraining(Data2VecPreTrainingMixin, Data2VecVisionPreTr
         prediction = self.final_proj(encoded[:, 1:][mask])
 
         layers = backbone.encoder.layer
+        if self.config.end_of_block_targets:
+            modules, transform = list(layers), None
+        else:
+            modules = [layer.output for layer in layers]
 
-        def layer_scaled(index, output):
-            # BEiT's layer scale multiplies the FFN output before the residual; read inside the hook so
-            # the teacher's own (averaged) lambda_2 is used.
-            scale = layers[index].lambda_2
-            return output if scale is None else output * scale
+            def transform(index, output):
+                # BEiT's layer scale multiplies the FFN output before the residual; read inside the hook
+                # so the teacher's own (averaged) lambda_2 is used.
+                scale = layers[index].lambda_2
+                return output if scale is None else output * scale
 
-        with record_outputs([layer.output for layer in layers], layer_scaled) as ffn_outputs:
+        with record_outputs(modules, transform) as layer_outputs:
             self.teacher.run(backbone, pixel_values)
-        target = self._targets([y[:, 1:] for y in ffn_outputs])[mask]
+        target = self._targets([y[:, 1:] for y in layer_outputs])[mask]
         return self._objective(prediction, target, mask, encoded)
 
 

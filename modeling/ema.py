@@ -89,17 +89,32 @@ class EMATeacher(nn.Module):
         torch._foreach_lerp_(teacher, source, 1.0 - decay)
 
     @torch.no_grad()
-    def run(self, student: nn.Module, *args, **kwargs):
+    def run(self, student: nn.Module, *args, call=None, **kwargs):
         """Call ``student(*args, **kwargs)`` with the teacher's tensors in place of the averaged ones.
 
-        The student module is put in eval mode for the call (no dropout, no layer drop), and
-        restored afterwards.
+        ``call(student, *args, **kwargs)``, when given, replaces the plain module call (e.g. a
+        padding-aware variant of the student's forward). The student module is put in eval mode for
+        the call (no dropout, no layer drop), and restored afterwards.
         """
         dtype = next(student.parameters()).dtype
         tensors = {n: p if p.dtype == dtype else p.to(dtype) for n, p in self.model.named_parameters()}
+        module = student if call is None else _Call(student, call)
+        if call is not None:
+            tensors = {f"module.{n}": p for n, p in tensors.items()}
         was_training = student.training
         student.eval()
         try:
-            return functional_call(student, tensors, args, kwargs, strict=False, tie_weights=False)
+            return functional_call(module, tensors, args, kwargs, strict=False, tie_weights=False)
         finally:
             student.train(was_training)
+
+
+class _Call(nn.Module):
+    """``call(module, ...)`` as a module, so ``functional_call`` can swap ``module``'s tensors for it."""
+
+    def __init__(self, module: nn.Module, call):
+        super().__init__()
+        self.module, self.call = module, call
+
+    def forward(self, *args, **kwargs):
+        return self.call(self.module, *args, **kwargs)

@@ -61,6 +61,20 @@ def compute_span_mask(
     return mask.to(device) if device is not None else mask
 
 
+def trim_to_same_count(mask: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """fairseq's ``require_same_masks``: every row keeps a random subset of its masked steps, as many
+    as the row with the fewest (drawn from the row's own generator; spans may be cut)."""
+    counts = mask.sum(-1)
+    target = int(counts.min())
+    mask = mask.clone()
+    for row, (count, generator) in enumerate(zip(counts.tolist(), generators)):
+        if count > target:
+            positions = mask[row].nonzero().squeeze(-1)
+            drop = positions[torch.randperm(count, generator=generator)[target:]]
+            mask[row, drop] = False
+    return mask
+
+
 @dataclass
 class BlockMaskGenerator:
     """BEiT block-wise masking over a ``height x width`` patch grid.

@@ -30,10 +30,12 @@ OBJECTIVE_DOC = """
         loss_scale (`float`, *optional*): multiplies the per-position loss; `None` means 1/√hidden_size.
         ema_decay (`float`): EMA decay τ at the first update.
         ema_end_decay (`float`): EMA decay reached after `ema_anneal_end_step` updates (linear anneal).
-        ema_anneal_end_step (`int`): number of updates over which τ is annealed.
+        ema_anneal_end_step (`int`): number of updates over which τ is annealed (None: the whole run, which
+            the pretraining scripts set from ``--max_train_steps``).
         ema_fp32 (`bool`): keep the teacher in float32 when the student is created in half precision.
-        min_target_var (`float`): collapse guard threshold on the targets' feature std (checked by the trainer).
-        min_pred_var (`float`): collapse guard threshold on the predictions' feature std.
+        min_target_var (`float`): collapse guard threshold on the targets' feature std (checked by the trainer;
+            0 = no guard, as in the recipes without one).
+        min_pred_var (`float`): collapse guard threshold on the predictions' feature std (0 = none).
         collapse_guard_after (`int`): number of updates before the collapse guard starts checking.
 """
 
@@ -135,6 +137,11 @@ class Data2VecPreTrainingMixin:
 
     def ema_decay_at(self, num_updates: int) -> float:
         cfg = self.config
+        if cfg.ema_anneal_end_step is None:
+            raise ValueError(
+                "ema_anneal_end_step is None, which means 'the number of updates of the run' (the pretraining "
+                "scripts fill it in); set it to the number of updates over which to anneal the EMA decay"
+            )
         return annealed_ema_decay(num_updates, cfg.ema_decay, cfg.ema_end_decay, cfg.ema_anneal_end_step)
 
     def ema_step(self, num_updates: int) -> float:

@@ -21,8 +21,8 @@ does not exist raises :class:`DataError` naming it and the available columns. Au
 ``soundfile`` (never with ``datasets``' torchcodec-based ``Audio`` decoding), down-mixed to mono and
 **resampled** to the target rate with ``scipy.signal.resample_poly`` when its rate differs (counted as
 ``resampled``), then optionally normalised to zero mean and unit variance per clip as fairseq's
-``normalize: true``. Long clips are randomly cropped by :class:`AudioCollator` (a fresh crop each
-time a clip is drawn, as fairseq does).
+``normalize: true``. :class:`AudioCollator` crops a batch to its shortest clip, as fairseq's collater
+does (or pads it), with a fresh random offset each time a clip is drawn.
 """
 
 from __future__ import annotations
@@ -482,22 +482,38 @@ def random_crop(
 
 @dataclass
 class AudioCollator:
-    """Randomly crops clips longer than ``max_samples`` and zero-pads the batch to its longest clip.
+    """Brings a batch of clips to one length, by cropping or by padding.
 
-    Returns ``input_values`` (float32, batch x time) and ``attention_mask`` (long, 1 = real sample).
+    ``crop_to_shortest=True`` is fairseq's pretraining collater: every clip is cropped, at a random
+    offset, to the shortest clip of the batch (and to ``max_samples``); nothing is padded and no
+    ``attention_mask`` is returned. Otherwise clips longer than ``max_samples`` are randomly cropped and
+    the batch is zero-padded to its longest clip, with ``attention_mask`` (long, 1 = real sample).
+
+    Crop offsets are drawn from each example's generator when ``generators`` are passed (the pretraining
+    loop passes one per example), else from ``generator``. ``audio_samples`` reports
+    ``[content, cropped away, padding]`` in samples, where content counts each clip up to ``max_samples``.
     """
 
     max_samples: int | None = None
+    crop_to_shortest: bool = False
     pad_to_multiple_of: int | None = None
     generator: torch.Generator | None = None
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        clips = [
-            random_crop(_tensor(e["input_values"], np.float32), self.max_samples, self.generator)
-            for e in examples
-        ]
+    def __call__(
+        self, examples: Sequence[dict[str, Any]], generators: Sequence[torch.Generator] | None = None
+    ) -> dict[str, torch.Tensor]:
+        clips = [_tensor(e["input_values"], np.float32) for e in examples]
+        generators = generators or [self.generator] * len(clips)
+        capped = [len(c) if self.max_samples is None else min(len(c), self.max_samples) for c in clips]
+        lengths = [min(capped)] * len(clips) if self.crop_to_shortest else capped
+        clips = [random_crop(c, n, g) for c, n, g in zip(clips, lengths, generators)]
+        content = sum(capped)
+        if self.crop_to_shortest:
+            stats = torch.tensor([content, content - sum(lengths), 0])
+            return {"input_values": torch.stack(clips), "audio_samples": stats}
         input_values, attention_mask = pad_sequences(clips, 0.0, self.pad_to_multiple_of)
-        return {"input_values": input_values, "attention_mask": attention_mask}
+        stats = torch.tensor([content, 0, attention_mask.numel() - content])
+        return {"input_values": input_values, "attention_mask": attention_mask, "audio_samples": stats}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -511,10 +527,13 @@ def build_image_transform(
     interpolation: str = "bicubic",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    color_jitter: float = 0.0,
 ) -> Callable:
-    """timm training transform: RandomResizedCrop(scale) + horizontal flip + ToTensor + Normalize.
+    """timm training transform: RandomResizedCrop(scale) + horizontal flip (+ ColorJitter of brightness,
+    contrast and saturation when ``color_jitter`` > 0) + ToTensor + Normalize.
 
-    The defaults are data2vec 2.0's / MAE's (scale 0.2-1, bicubic, ImageNet mean and std).
+    The defaults are data2vec 2.0's / MAE's (scale 0.2-1, bicubic, ImageNet mean and std, no jitter);
+    data2vec 1.0 uses scale 0.08-1 and jitter 0.4.
     """
     from timm.data import create_transform
 
@@ -523,7 +542,7 @@ def build_image_transform(
         is_training=True,
         scale=crop_scale,
         hflip=hflip,
-        color_jitter=None,
+        color_jitter=color_jitter or None,
         interpolation=interpolation,
         mean=tuple(mean),
         std=tuple(std),
@@ -593,7 +612,7 @@ def prepare_image_dataset(
 class ImageCollator:
     """Stacks ``pixel_values`` (tensors or arrays, 3 x H x W) into a float32 batch."""
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict[str, Any]], generators=None) -> dict[str, torch.Tensor]:
         pixels = [_tensor(e["pixel_values"], np.float32) for e in examples]
         return {"pixel_values": torch.stack(pixels)}
 
@@ -758,7 +777,7 @@ class TextCollator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict[str, Any]], generators=None) -> dict[str, torch.Tensor]:
         ids = [_tensor(e["input_ids"], np.int64) for e in examples]
         input_ids, attention_mask = pad_sequences(ids, self.pad_token_id, self.pad_to_multiple_of)
         return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -2,8 +2,10 @@
 """data2vec audio pretraining: ``accelerate launch pretraining/pretrain_audio.py --output_dir DIR [...]``.
 
 Audio files are decoded with soundfile, mixed to mono and **resampled** to ``--sampling_rate`` when
-their rate differs; clips shorter than the feature encoder's receptive field are skipped (counted),
-longer ones randomly cropped to ``--max_length_seconds``. See ``--help`` for every flag.
+their rate differs; clips shorter than ``--min_length_seconds`` are skipped (counted). As in fairseq's
+recipes, batches hold clips of similar duration (at most ``--max_tokens`` samples) and every clip is
+cropped, at a random offset, to the shortest clip of its batch (``--no-crop_to_shortest`` pads instead).
+See ``--help`` for every flag.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from data2vec_hf import Data2VecAudioForPreTraining
 from data2vec_hf.data2vec2_audio import Data2Vec2AudioForPreTraining, sample_audio_masks_v2
 from data2vec_hf.data2vec_audio import sample_audio_masks
+from data2vec_hf.pretraining.arguments import recipe_default
 from data2vec_hf.pretraining.data import (
     AudioCollator,
     data_source_kwargs,
@@ -31,13 +34,39 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument("--sampling_rate", type=int, default=16000, help="audio is resampled to this rate")
     group.add_argument(
-        "--max_length_seconds", type=float, default=20.0, help="longer clips are randomly cropped"
+        "--max_length_seconds",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="longer clips are randomly cropped (fairseq's max_sample_size) "
+        f"(default: {recipe_default(SPEC, 'max_length_seconds')})",
     )
     group.add_argument(
         "--min_length_seconds",
         type=float,
-        default=0.0,
-        help="shorter clips are skipped (never shorter than the receptive field)",
+        default=argparse.SUPPRESS,
+        help="shorter clips are skipped and counted, never shorter than the receptive field "
+        f"(fairseq's min_sample_size) (default: {recipe_default(SPEC, 'min_length_seconds')})",
+    )
+    group.add_argument(
+        "--max_tokens",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="audio samples per process and micro-batch, counted as longest clip x clips (fairseq's "
+        f"max_tokens); 0 = no limit (default: {recipe_default(SPEC, 'max_tokens')})",
+    )
+    group.add_argument(
+        "--group_by_length",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch clips of similar duration together (length-sorted buckets, shuffled, from the seed)",
+    )
+    group.add_argument(
+        "--crop_to_shortest",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="crop every clip of a batch to its shortest one, as fairseq does; --no-crop_to_shortest pads "
+        "to the longest instead (exact: padding is never read nor regressed) "
+        f"(default: {recipe_default(SPEC, 'crop_to_shortest')})",
     )
     group.add_argument(
         "--normalize",
@@ -69,7 +98,22 @@ def build_data(args, config, accelerator):
         do_normalize=args.normalize,
         return_attention_mask=True,
     )
-    return dataset, AudioCollator(max_samples=int(args.max_length_seconds * args.sampling_rate)), processor
+    collator = AudioCollator(max_samples=max_samples(args), crop_to_shortest=args.crop_to_shortest)
+    return dataset, collator, processor
+
+
+def max_samples(args) -> int:
+    return int(args.max_length_seconds * args.sampling_rate)
+
+
+def example_lengths(args, dataset) -> list[int]:
+    """Clip lengths in samples, capped at the crop length, for batching by duration."""
+    if hasattr(dataset, "column_names") and "length" in dataset.column_names:
+        lengths = dataset.with_format(None)["length"]
+    else:
+        lengths = [len(example["input_values"]) for example in dataset]
+    cap = max_samples(args)
+    return [min(int(n), cap) for n in lengths]
 
 
 SPEC = ModalitySpec(
@@ -86,6 +130,10 @@ SPEC = ModalitySpec(
             max_grad_norm=0.0,
             lr_scheduler_type="tri_stage",
             warmup_fraction=0.03,
+            max_tokens=3_800_000,
+            max_length_seconds=20.0,  # max_sample_size 320000
+            min_length_seconds=2.0,  # min_sample_size 32000
+            crop_to_shortest=True,
         ),
         2: dict(
             # fairseq examples/data2vec/config/v2/base_audio_only_task.yaml
@@ -97,11 +145,16 @@ SPEC = ModalitySpec(
             max_grad_norm=0.0,
             lr_scheduler_type="cosine",
             warmup_fraction=8000 / 400000,
+            max_tokens=1_000_000,
+            max_length_seconds=20.0,  # max_sample_size 320000
+            min_length_seconds=2.0,  # min_sample_size 32000
+            crop_to_shortest=True,
         ),
     },
     add_arguments=add_arguments,
     build_data=build_data,
     sample_masks={1: sample_audio_masks, 2: sample_audio_masks_v2},
+    example_lengths=example_lengths,
 )
 
 

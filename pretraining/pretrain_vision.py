@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """data2vec vision pretraining: ``accelerate launch pretraining/pretrain_vision.py --output_dir DIR [...]``.
 
-Images are decoded with PIL (corrupt files skipped and counted) and augmented with timm's random
-resized crop + horizontal flip at the model's ``image_size``. See ``--help`` for every flag.
+Images are decoded with PIL (corrupt files skipped and counted) and augmented as the released recipes
+do, with timm: random resized crop (scale 0.08-1 for version 1, 0.2-1 for 2), horizontal flip and, for
+version 1, colour jitter 0.4. See ``--help`` for every flag.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from data2vec_hf import Data2VecVisionForPreTraining
 from data2vec_hf.data2vec2_vision import Data2Vec2VisionForPreTraining, sample_vision_masks_v2
 from data2vec_hf.data2vec_vision import sample_vision_masks
+from data2vec_hf.pretraining.arguments import recipe_default
 from data2vec_hf.pretraining.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,14 +33,27 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--image_column", default=None, help="image column (default: image/img/file_name/path)"
     )
     group.add_argument(
-        "--crop_min_scale", type=float, default=0.08, help="smallest area fraction of the random resized crop"
+        "--crop_min_scale",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="smallest area fraction of the random resized crop "
+        f"(default: {recipe_default(SPEC, 'crop_min_scale')})",
+    )
+    group.add_argument(
+        "--color_jitter",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="brightness/contrast/saturation jitter strength, 0 = none "
+        f"(default: {recipe_default(SPEC, 'color_jitter')})",
     )
     group.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
 
 
 def build_data(args, config, accelerator):
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-    transform = build_image_transform(size, crop_scale=(args.crop_min_scale, 1.0), hflip=args.hflip)
+    transform = build_image_transform(
+        size, crop_scale=(args.crop_min_scale, 1.0), hflip=args.hflip, color_jitter=args.color_jitter
+    )
     raw = load_raw_dataset("vision", **data_source_kwargs(args))
     dataset, stats = prepare_image_dataset(
         raw,
@@ -72,6 +87,8 @@ SPEC = ModalitySpec(
             max_grad_norm=3.0,
             lr_scheduler_type="cosine",
             warmup_fraction=12510 / 375300,
+            crop_min_scale=0.08,  # RandomResizedCrop's default scale (0.08, 1)
+            color_jitter=0.4,  # ColorJitter(0.4, 0.4, 0.4)
         ),
         2: dict(
             # fairseq examples/data2vec/config/v2/base_images_only_task.yaml
@@ -83,6 +100,8 @@ SPEC = ModalitySpec(
             max_grad_norm=4.0,
             lr_scheduler_type="cosine",
             warmup_fraction=50040 / 375300,
+            crop_min_scale=0.2,  # MaeImageDataset: RandomResizedCrop(scale=(0.2, 1.0))
+            color_jitter=0.0,
         ),
     },
     add_arguments=add_arguments,

@@ -1,21 +1,25 @@
 """The Accelerate training loop shared by ``pretrain_audio.py``, ``pretrain_vision.py`` and ``pretrain_text.py``.
 
-Reads top to bottom: arguments → model → data → optimizer/schedule → (resume) → train → save.
-A modality entry point supplies a :class:`ModalitySpec` (its model classes, arguments, data and
-mask sampling); everything else — accumulation, loss normalisation, EMA, checkpointing, collapse
-guard, logging, export, Hub push — is here once.
+A modality entry point supplies a :class:`ModalitySpec` (its model classes, released recipes, data and
+mask sampling); :class:`PretrainingLoop` does the rest, in named steps that read top to bottom:
+
+    build (model, data, optimizer, schedule, resume)
+    → for every micro-batch: ``micro_batch`` (forward, statistics, backward)
+    → every ``gradient_accumulation_steps`` micro-batches: ``update`` (normalise gradients, clip, step,
+      EMA, collapse guard) → ``log`` → ``checkpoint``
+    → ``finish`` (export the encoder, write the summary).
+
+Gradients follow fairseq: the loss is *summed* over the masked positions of every micro-batch and
+process, and the summed gradient is divided once by the global number of masked positions, so the
+objective does not depend on how an update is split into micro-batches or processes.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import json
 import logging
-import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -26,21 +30,22 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+
+from .arguments import apply_recipe_defaults, build_parser, parse_config_overrides
+from .batching import ExampleCollator, LengthGroupedBatchSampler, WithCounter, WithIndex, waste_fraction
+from .checkpoints import resolve_resume, save_checkpoint
+from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 
-CHECKPOINT_PREFIX = "step-"
+# batch entries that describe the batch and are not model inputs
+BATCH_INFO_KEYS = ("example_index", "audio_samples")
 
 
 class TrainingStopped(RuntimeError):
     """Training stopped on purpose (collapse guard, repeated non-finite losses)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# The modality contract
 
 
 @dataclasses.dataclass
@@ -54,203 +59,106 @@ class ModalitySpec:
         add_arguments: adds the modality's own flags to the parser.
         build_data: ``(args, config, accelerator) -> (dataset, collate_fn, processor)``; the processor
             (feature extractor / image processor / tokenizer) is saved with the exported encoder.
+            ``collate_fn(examples, generators)`` receives one random generator per example.
         sample_masks: ``{version: (config, batch, generators) -> dict}`` of mask arguments for the forward,
             one generator per sample so masks do not depend on how batches are split over processes.
         prepare_config: optional hook ``(args, config) -> config`` run before the model is built
             (e.g. to set the vocabulary size from the tokenizer).
+        example_lengths: optional ``(args, dataset) -> lengths`` used to group examples of similar length
+            into batches (audio); None batches examples in random order.
     """
 
     name: str
     model_classes: dict[int, type]
     defaults: dict[int, dict[str, Any]]
-    add_arguments: Callable[[argparse.ArgumentParser], None]
+    add_arguments: Callable
     build_data: Callable
     sample_masks: dict[int, Callable]
     prepare_config: Callable | None = None
+    example_lengths: Callable | None = None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Resumable loop state, saved with every checkpoint via ``register_for_checkpointing``."""
+
+    num_updates: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    samples_seen: int = 0
+    first_metrics: dict | None = None
+    history: list = dataclasses.field(default_factory=list)  # (update, loss, target_var) every logging step
+    audio_epoch: list = dataclasses.field(
+        default_factory=lambda: [0.0, 0.0, 0.0]
+    )  # content, cropped, padding
+    audio_total: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    audio_history: list = dataclasses.field(default_factory=list)  # (epoch, waste fraction)
+
+    def state_dict(self):
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class UpdateStatistics:
+    """Sums over the micro-batches of one update, reduced over all processes in one all-reduce.
+
+    Scalars: masked positions, loss sum, non-finite micro-batches, samples, candidate positions, and the
+    audio content / cropped / padding samples. Moments (count, Σy, Σy²) of targets and predictions give
+    their feature std over the *whole* update on every process (fairseq's ``compute_var`` reduces its
+    moments over processes the same way), which the collapse guard checks.
+    """
+
+    SCALARS = ("masked", "loss_sum", "nonfinite", "samples", "positions", "content", "cropped", "padding")
+
+    def __init__(self, hidden_size: int, device):
+        self.hidden_size = hidden_size
+        self.values = torch.zeros(len(self.SCALARS) + 2 + 4 * hidden_size, dtype=torch.float64, device=device)
+
+    def add(self, out, loss_sum: torch.Tensor, finite: bool, batch_size: int, audio: torch.Tensor | None):
+        n, d = len(self.SCALARS), self.hidden_size
+        v = self.values
+        v[0] += out.num_masked.double()
+        v[1] += loss_sum.detach().double() if finite else 0.0
+        v[2] += 0.0 if finite else 1.0
+        v[3] += batch_size
+        v[4] += out.mask.numel() if out.mask is not None else 0
+        if audio is not None:
+            v[5:8] += audio.to(v.device, torch.float64)
+        for offset, y in ((n, out.target), (n + 1 + 2 * d, out.prediction)):
+            if y is None or not finite:
+                continue
+            y = y.detach().reshape(-1, d).double()
+            v[offset] += y.shape[0]
+            v[offset + 1 : offset + 1 + d] += y.sum(0)
+            v[offset + 1 + d : offset + 1 + 2 * d] += (y * y).sum(0)
+
+    def reduce(self, accelerator: Accelerator) -> dict[str, Any]:
+        """Sum over processes, reset, and return the totals with the feature stds."""
+        totals = accelerator.reduce(self.values.clone(), reduction="sum")
+        self.values.zero_()
+        n, d = len(self.SCALARS), self.hidden_size
+        result = dict(zip(self.SCALARS, totals[:n].tolist()))
+        result["target_var"] = moments_std(totals[n : n + 1 + 2 * d], d)
+        result["pred_var"] = moments_std(totals[n + 1 + 2 * d :], d)
+        return result
+
+
+def moments_std(moments: torch.Tensor, dim: int) -> float:
+    """Mean over features of the std over positions, from (count, Σy, Σy²) — fairseq's ``compute_var``."""
+    count, total, squares = moments[0], moments[1 : 1 + dim], moments[1 + dim :]
+    if count < 2:
+        return 0.0
+    var = (squares - total * total / count) / (count - 1)
+    return float(torch.sqrt(var.clamp(min=0) + 1e-6).mean())
 
 
 # --------------------------------------------------------------------------------------------------
-# Arguments
-
-
-def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=f"data2vec {spec.name} pretraining with Accelerate. Run with `accelerate launch` for "
-        "several processes/GPUs/nodes; without any dataset argument it trains on a small embedded corpus.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    g = parser.add_argument_group("model")
-    g.add_argument(
-        "--version", type=int, choices=sorted(spec.model_classes), default=1, help="data2vec version"
-    )
-    g.add_argument(
-        "--model_name_or_path",
-        default=None,
-        help="continue from a checkpoint (ours, or a native transformers data2vec one)",
-    )
-    g.add_argument(
-        "--config_name",
-        default=None,
-        help="config to start from (path or name); default: the released base config",
-    )
-    g.add_argument(
-        "--config_overrides",
-        default=None,
-        help='comma-separated overrides, e.g. "hidden_size=64,num_hidden_layers=2,conv_dim=(32,32)"',
-    )
-
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset_name", default=None, help="a datasets hub name or loading script")
-    g.add_argument("--dataset_config_name", default=None, help="the dataset configuration name")
-    g.add_argument("--train_split_name", default="train", help="split to train on")
-    g.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
-    g.add_argument("--train_dir", default=None, help="local folder of training files")
-    g.add_argument("--train_file", default=None, help="local training file (csv/json/jsonl/txt)")
-    g.add_argument("--cache_dir", default=None, help="where datasets and the embedded corpus are cached")
-    g.add_argument(
-        "--max_train_samples", type=int, default=None, help="truncate the training set (debugging)"
-    )
-    g.add_argument(
-        "--preprocessing_num_workers", type=int, default=None, help="processes for dataset preprocessing"
-    )
-    g.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes")
-
-    g = parser.add_argument_group("optimisation")
-    g.add_argument(
-        "--per_device_train_batch_size", type=int, default=8, help="samples per process and micro-batch"
-    )
-    g.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer update"
-    )
-    recipe_flags = {
-        "learning_rate": (float, "peak learning rate"),
-        "weight_decay": (float, "AdamW weight decay (not applied to norms, biases, embeddings)"),
-        "adam_beta1": (float, "AdamW beta1"),
-        "adam_beta2": (float, "AdamW beta2"),
-        "adam_epsilon": (float, "AdamW epsilon"),
-        "max_grad_norm": (float, "gradient clipping norm (0 disables)"),
-    }
-    for name, (kind, text) in recipe_flags.items():
-        g.add_argument(
-            f"--{name}",
-            type=kind,
-            default=argparse.SUPPRESS,
-            help=f"{text} (default: {recipe_default(spec, name)})",
-        )
-    g.add_argument("--max_train_steps", type=int, default=1000, help="number of optimizer updates")
-    g.add_argument(
-        "--lr_scheduler_type",
-        default=argparse.SUPPRESS,
-        help="tri_stage (fairseq's) or any transformers scheduler name (cosine, linear, constant_with_warmup, ...) "
-        f"(default: {recipe_default(spec, 'lr_scheduler_type')})",
-    )
-    g.add_argument(
-        "--num_warmup_steps",
-        type=int,
-        default=None,
-        help="warmup updates (default: 3%% of the run for tri_stage, else the recipe's warmup fraction)",
-    )
-    g.add_argument(
-        "--tri_stage_ratios",
-        default="0.03,0.9,0.07",
-        help="warmup/hold/decay fractions of the tri_stage schedule",
-    )
-    g.add_argument("--seed", type=int, default=42, help="random seed (masks, init, data order)")
-    g.add_argument(
-        "--mixed_precision",
-        choices=["no", "fp16", "bf16"],
-        default=None,
-        help="overrides accelerate's config",
-    )
-    g.add_argument(
-        "--max_nonfinite_updates",
-        type=int,
-        default=5,
-        help="stop after this many updates in a row with a NaN/inf loss (they are skipped)",
-    )
-
-    g = parser.add_argument_group("checkpointing and logging")
-    g.add_argument("--output_dir", required=True, help="where the encoder, checkpoints and logs are written")
-    g.add_argument(
-        "--overwrite_output_dir", action="store_true", help="allow a non-empty output dir without resuming"
-    )
-    g.add_argument(
-        "--checkpointing_steps",
-        type=int,
-        default=500,
-        help="save a resumable checkpoint every N updates (and at the end)",
-    )
-    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep only the last K checkpoints")
-    g.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help="a checkpoint folder, or 'latest' (starts fresh when none exists)",
-    )
-    g.add_argument("--logging_steps", type=int, default=10, help="log metrics every N updates")
-    g.add_argument("--with_tracking", action="store_true", help="log metrics to the trackers in --report_to")
-    g.add_argument(
-        "--report_to", default="tensorboard", help="accelerate tracker(s): tensorboard, wandb, all, ..."
-    )
-    g.add_argument(
-        "--push_to_hub", action="store_true", help="upload the output folder to the Hub at the end"
-    )
-    g.add_argument(
-        "--hub_model_id", default=None, help="repository id for --push_to_hub (default: output dir name)"
-    )
-    g.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
-    g.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository as private")
-
-    spec.add_arguments(parser.add_argument_group(spec.name))
-    return parser
-
-
-def recipe_default(spec: ModalitySpec, name: str) -> str:
-    """How ``--help`` shows a default that depends on ``--version``."""
-    return ", ".join(f"v{version}: {values[name]}" for version, values in sorted(spec.defaults.items()))
-
-
-def apply_recipe_defaults(spec: ModalitySpec, args) -> None:
-    """Fill the optimisation flags the user did not set from the released recipe of ``--version``."""
-    for name, value in spec.defaults[args.version].items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-
-
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """Parse ``"a=1,b=0.5,c=(32,32),d=true,e=gelu"`` into typed values."""
-    if not text:
-        return {}
-    items, depth, current = [], 0, ""
-    for char in text:  # split on commas outside brackets
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    overrides = {}
-    for item in filter(None, (i.strip() for i in items)):
-        if "=" not in item:
-            raise ValueError(f"config override {item!r} is not of the form key=value")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        lowered = raw.lower()
-        if lowered in ("true", "false"):
-            value = lowered == "true"
-        elif lowered in ("none", "null"):
-            value = None
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        overrides[key] = value
-    return overrides
-
-
-# --------------------------------------------------------------------------------------------------
-# Model, optimizer, schedule
+# Building
 
 
 def build_model(spec: ModalitySpec, args) -> nn.Module:
@@ -266,6 +174,9 @@ def build_model(spec: ModalitySpec, args) -> nn.Module:
     unknown = [k for k in overrides if not hasattr(config, k)]
     if unknown:
         raise ValueError(f"unknown config field(s) in --config_overrides: {', '.join(unknown)}")
+    if getattr(config, "ema_anneal_end_step", 0) is None:
+        # the recipe anneals the EMA decay over the whole run (fairseq: ${optimization.max_update})
+        config.ema_anneal_end_step = args.max_train_steps
     if spec.prepare_config is not None:
         config = spec.prepare_config(args, config)
     if args.model_name_or_path:
@@ -273,164 +184,329 @@ def build_model(spec: ModalitySpec, args) -> nn.Module:
     return model_cls(config)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on Linear/Conv weight matrices only — never on norms, biases,
-    embeddings, mask/CLS tokens or position tables. The (frozen) EMA teacher is left out."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            is_matrix = isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) and name == "weight"
-            (decay if is_matrix else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def tri_stage_lambda(total_steps: int, ratios: tuple[float, float, float], init_scale=0.01, final_scale=0.01):
-    """fairseq's tri-stage schedule: linear warmup from ``init_scale``, hold, exponential decay to
-    ``final_scale`` (multipliers of the peak learning rate)."""
-    warmup, hold = (round(r * total_steps) for r in ratios[:2])
-    decay = max(total_steps - warmup - hold, 0)
-    decay_factor = -math.log(final_scale) / decay if decay else 0.0
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return init_scale + (1 - init_scale) * step / warmup
-        if step < warmup + hold:
-            return 1.0
-        if step < warmup + hold + decay:
-            return math.exp(-decay_factor * (step - warmup - hold))
-        return final_scale
-
-    return multiplier
-
-
-def build_scheduler(args, optimizer, spec: ModalitySpec):
-    if args.lr_scheduler_type == "tri_stage":
-        ratios = tuple(float(r) for r in args.tri_stage_ratios.split(","))
-        if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:
-            raise ValueError(
-                f"--tri_stage_ratios must be three fractions summing to 1, got {args.tri_stage_ratios}"
-            )
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, tri_stage_lambda(args.max_train_steps, ratios))
-    warmup = args.num_warmup_steps
-    if warmup is None:
-        warmup = int(args.warmup_fraction * args.max_train_steps)
-    return get_scheduler(
-        args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=args.max_train_steps
+def build_accelerator(args, output_dir: Path) -> Accelerator:
+    return Accelerator(
+        # without an accelerator device, several launched processes must still form a (gloo) group:
+        # accelerate only does that when told it runs on CPU
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # the schedule counts optimizer updates; accelerate would otherwise step it once per process
+        step_scheduler_with_optimizer=False,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "runs")
+        ),
+        # a seeded sampler makes the data order a function of (seed, epoch), so resuming can skip batches
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# Data position, per-sample masks
-
-
-class WithIndex(Dataset):
-    """Adds each example's dataset index, from which its mask seed is derived."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return index, self.dataset[index]
-
-
-class WithCounter(IterableDataset):
-    """Streaming counterpart of :class:`WithIndex` (a running count per process)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __iter__(self):
-        yield from enumerate(self.dataset)
-
-
-class MaskingCollator:
-    """Pads a batch with the modality's collator, then samples each example's mask from a generator
-    seeded by (seed, epoch, example index): masks do not depend on batch size or process count."""
-
-    def __init__(self, collate, sample_masks, config, seed: int):
-        self.collate, self.sample_masks, self.config, self.seed = collate, sample_masks, config, seed
-        self.epoch = 0
-
-    def __call__(self, items):
-        indices, examples = zip(*items)
-        batch = self.collate(list(examples))
-        generators = [
-            torch.Generator().manual_seed(hash((self.seed, self.epoch, int(i))) & 0x7FFF_FFFF_FFFF_FFFF)
-            for i in indices
-        ]
-        batch.update(self.sample_masks(self.config, batch, generators))
-        return batch
-
-
-@dataclasses.dataclass
-class Progress:
-    """Resumable loop state, saved with every checkpoint via ``register_for_checkpointing``."""
-
-    num_updates: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    nonfinite_in_row: int = 0
-    nonfinite_total: int = 0
-    samples_seen: int = 0
-    first_metrics: dict | None = None
-    history: list = dataclasses.field(default_factory=list)  # (update, loss, target_var) every logging step
-
-    def state_dict(self):
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state):
-        for key, value in state.items():
-            setattr(self, key, value)
+def build_dataloader(spec: ModalitySpec, args, dataset, collator: ExampleCollator, num_processes: int):
+    """Random batches of ``--per_device_train_batch_size`` examples, or — where the modality groups by
+    length — batches of similar length bounded by ``--max_tokens`` and/or the batch size."""
+    common = dict(
+        collate_fn=collator,
+        num_workers=args.dataloader_num_workers,
+        # its own generator: creating an iterator (also when resuming) must not draw from the global RNG,
+        # whose restored state drives dropout after a resume
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return DataLoader(
+            WithCounter(dataset), batch_size=args.per_device_train_batch_size or 8, **common
+        ), None
+    max_tokens = getattr(args, "max_tokens", None) or None
+    if spec.example_lengths is not None and getattr(args, "group_by_length", False):
+        sampler = LengthGroupedBatchSampler(
+            spec.example_lengths(args, dataset),
+            max_tokens=max_tokens,
+            batch_size=args.per_device_train_batch_size or (None if max_tokens else 8),
+            seed=args.seed,
+            batches_per_update=num_processes * args.gradient_accumulation_steps,
+        )
+        return DataLoader(WithIndex(dataset), batch_sampler=sampler, **common), sampler
+    if max_tokens:
+        logger.info(
+            "batches of --per_device_train_batch_size examples in random order: --max_tokens is not used"
+        )
+    batch_size = args.per_device_train_batch_size or 8
+    return DataLoader(
+        WithIndex(dataset), batch_size=batch_size, shuffle=True, drop_last=False, **common
+    ), None
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints
+# The loop
 
 
-def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (incomplete saves live under a temporary name)."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = [p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+class PretrainingLoop:
+    """One pretraining run. ``PretrainingLoop(spec, args).train()`` builds everything, resumes when asked,
+    trains for ``--max_train_steps`` updates and exports the encoder."""
+
+    def __init__(self, spec: ModalitySpec, args):
+        self.spec, self.args = spec, args
+        self.output_dir = check_output_dir(args)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.accelerator = accelerator = build_accelerator(args, self.output_dir)
+        set_seed(args.seed)
+        logger.info(
+            "processes: %d, device: %s, mixed precision: %s",
+            accelerator.num_processes,
+            accelerator.device,
+            accelerator.mixed_precision,
+        )
+        with accelerator.main_process_first():  # builds the default corpus / tokenizer once, then caches
+            model = build_model(spec, args)
+            self.config = model.config
+            dataset, collate, self.processor = spec.build_data(args, self.config, accelerator)
+        self.collator = ExampleCollator(collate, spec.sample_masks[args.version], self.config, args.seed)
+        dataloader, self.batch_sampler = build_dataloader(
+            spec, args, dataset, self.collator, accelerator.num_processes
+        )
+        optimizer = build_optimizer(model, args)
+        scheduler = build_scheduler(args, optimizer)
+        self.model, self.optimizer, self.dataloader, self.scheduler = accelerator.prepare(
+            model, optimizer, dataloader, scheduler
+        )
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.progress = Progress()
+        accelerator.register_for_checkpointing(self.progress)
+        self.statistics = UpdateStatistics(self.config.hidden_size, accelerator.device)
+        self.last_metrics: dict = {}
+        self.resume()
+
+    def resume(self) -> None:
+        resume = resolve_resume(self.args.resume_from_checkpoint, self.checkpoint_dir)
+        if resume is not None:
+            self.accelerator.load_state(str(resume))
+            logger.info(
+                "resumed from %s at update %d (epoch %d, batch %d)",
+                resume,
+                self.progress.num_updates,
+                self.progress.epoch,
+                self.progress.batches_in_epoch,
+            )
+        elif self.args.resume_from_checkpoint:
+            logger.info("no checkpoint to resume from in %s; starting from scratch", self.checkpoint_dir)
+
+    # ---------------------------------------------------------------------------------------- steps
+
+    def micro_batch(self, batch: dict) -> None:
+        """Forward, statistics and backward of one micro-batch (the loss summed over masked positions)."""
+        info = {key: batch.pop(key) for key in BATCH_INFO_KEYS if key in batch}
+        with self.accelerator.accumulate(self.model):
+            out = self.model(**batch)
+            loss_sum = out.loss * out.num_masked  # normalised by the global count in `update`
+            finite = bool(torch.isfinite(loss_sum))
+            batch_size = len(next(iter(batch.values())))
+            self.statistics.add(out, loss_sum, finite, batch_size, info.get("audio_samples"))
+            self.accelerator.backward(loss_sum)
+        self.progress.batches_in_epoch += 1
+
+    def update(self) -> dict | None:
+        """After the last micro-batch of an update: one optimizer step and one EMA step, or a skip when
+        any micro-batch on any process had a non-finite loss. Returns the update's metrics."""
+        totals = self.statistics.reduce(self.accelerator)
+        self.count_audio(totals)
+        if totals["nonfinite"] > 0 or totals["masked"] == 0:
+            self.skip_update(totals)
+            return None
+        self.progress.nonfinite_in_row = 0
+        self.normalise_gradients(totals["masked"])
+        grad_norm = self.clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.num_updates += 1
+        self.progress.samples_seen += int(totals["samples"])
+        decay = self.unwrapped.ema_step(self.progress.num_updates)
+        metrics = self.metrics(totals, grad_norm, decay)
+        check_collapse(self.config, self.progress.num_updates, metrics, self.checkpoint_dir)
+        return metrics
+
+    def normalise_gradients(self, masked: float) -> None:
+        """Turn the gradients into those of (Σ loss over all masked positions) / (their number).
+
+        ``accelerator.backward`` divided every micro-batch's loss by the accumulation steps and DDP
+        averaged over processes; undo both, and divide once by the global masked count (fairseq's
+        ``multiply_grads(world_size / sample_size)`` on summed gradients)."""
+        scale = self.accelerator.num_processes * self.accelerator.gradient_accumulation_steps / masked
+        torch._foreach_mul_([p.grad for p in self.trainable if p.grad is not None], scale)
+
+    def clip_gradients(self) -> float:
+        """Clip to ``--max_grad_norm`` (0: no clipping); returns the norm before clipping."""
+        max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
+        return float(self.accelerator.clip_grad_norm_(self.trainable, max_norm))
+
+    def skip_update(self, totals: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if totals["nonfinite"] == 0:
+            return
+        progress = self.progress
+        progress.nonfinite_in_row += 1
+        progress.nonfinite_total += 1
+        if progress.nonfinite_in_row >= self.args.max_nonfinite_updates:
+            raise TrainingStopped(
+                f"{progress.nonfinite_in_row} updates in a row had a NaN/inf loss (--max_nonfinite_updates "
+                f"{self.args.max_nonfinite_updates}); the last good checkpoint is kept in {self.checkpoint_dir}"
+            )
+
+    def count_audio(self, totals: dict) -> None:
+        audio = [totals["content"], totals["cropped"], totals["padding"]]
+        self.progress.audio_epoch = [a + b for a, b in zip(self.progress.audio_epoch, audio)]
+        self.progress.audio_total = [a + b for a, b in zip(self.progress.audio_total, audio)]
+
+    def metrics(self, totals: dict, grad_norm: float, decay: float) -> dict:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        metrics = {
+            "loss": totals["loss_sum"] / totals["masked"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "ema_decay": decay,
+            "target_var": totals["target_var"],
+            "pred_var": totals["pred_var"],
+            "masked_fraction": totals["masked"] / max(totals["positions"], 1.0),
+            "samples_per_s": (self.progress.samples_seen - self.samples_at_start) / elapsed,
+        }
+        if self.progress.audio_epoch[0] > 0:
+            metrics["audio_waste"] = waste_fraction(*self.progress.audio_epoch)
+        if self.progress.first_metrics is None:
+            self.progress.first_metrics = dict(metrics)
+        return metrics
+
+    def log(self, metrics: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(
+            {k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"} | {"lr": f"{metrics['lr']:.2e}"}
+        )
+        step = self.progress.num_updates
+        if step % self.args.logging_steps:
+            return
+        if self.args.with_tracking:
+            self.accelerator.log(metrics, step=step)
+        self.progress.history.append((step, metrics["loss"], metrics["target_var"]))
+        if self.accelerator.is_main_process:
+            logger.info("update %d: %s", step, json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+
+    def checkpoint(self) -> None:
+        step = self.progress.num_updates
+        if step % self.args.checkpointing_steps == 0 or step == self.args.max_train_steps:
+            save_checkpoint(self.accelerator, self.checkpoint_dir, step, self.args.checkpoints_total_limit)
+
+    def end_epoch(self) -> None:
+        progress = self.progress
+        if progress.audio_epoch[0] > 0:
+            fraction = waste_fraction(*progress.audio_epoch)
+            progress.audio_history.append((progress.epoch, fraction))
+            if self.accelerator.is_main_process:
+                logger.info(
+                    "epoch %d: %.1f%% of the audio was cropped away or padding",
+                    progress.epoch,
+                    100 * fraction,
+                )
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
+        progress.audio_epoch = [0.0, 0.0, 0.0]
+
+    # ----------------------------------------------------------------------------------------- train
+
+    def epoch_batches(self):
+        """This epoch's batches on this process, without those a resumed run already trained on."""
+        epoch = self.progress.epoch
+        self.collator.epoch = epoch
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
+        if hasattr(self.dataloader, "set_epoch"):
+            self.dataloader.set_epoch(epoch)
+        if self.progress.batches_in_epoch:
+            return self.accelerator.skip_first_batches(self.dataloader, self.progress.batches_in_epoch)
+        return self.dataloader
+
+    def train(self) -> None:
+        args, progress = self.args, self.progress
+        self.start_tracking()
+        self.bar = tqdm(
+            total=args.max_train_steps,
+            initial=progress.num_updates,
+            disable=not self.accelerator.is_local_main_process,
+            desc=f"data2vec {self.spec.name}",
+            # redrawn in place on a terminal; in a log file, one line every 30 s instead of every update
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        )
+        self.started, self.samples_at_start = time.perf_counter(), progress.samples_seen
+        self.model.train()
+        while progress.num_updates < args.max_train_steps:
+            for batch in self.epoch_batches():
+                self.micro_batch(batch)
+                if not self.accelerator.sync_gradients:
+                    continue
+                metrics = self.update()
+                if metrics is None:
+                    continue
+                self.last_metrics = metrics
+                self.log(metrics)
+                self.checkpoint()
+                if progress.num_updates >= args.max_train_steps:
+                    break
+            else:
+                self.end_epoch()
+        self.bar.close()
+        self.finish()
+
+    def start_tracking(self) -> None:
+        if self.args.with_tracking:
+            self.accelerator.init_trackers(
+                "data2vec_pretraining",
+                config={
+                    k: v if isinstance(v, int | float | str | bool) else str(v)
+                    for k, v in vars(self.args).items()
+                },
+            )
+
+    def finish(self) -> None:
+        """Export the student encoder and write ``train_summary.json``."""
+        progress, accelerator = self.progress, self.accelerator
+        if progress.nonfinite_total:
+            logger.warning("skipped %d update(s) with a NaN/inf loss", progress.nonfinite_total)
+        accelerator.wait_for_everyone()
+        export(accelerator, self.model, self.processor, self.args, self.spec, progress, self.last_metrics)
+        if accelerator.is_main_process:
+            summary = {
+                "num_processes": accelerator.num_processes,
+                "updates": progress.num_updates,
+                "skipped_nonfinite_updates": progress.nonfinite_total,
+                "first": progress.first_metrics,
+                "history": progress.history,
+                "last": self.last_metrics,
+            }
+            if progress.audio_total[0] > 0:
+                content, cropped, padding = progress.audio_total
+                summary["audio"] = {
+                    "content_samples": content,
+                    "cropped_samples": cropped,
+                    "padding_samples": padding,
+                    "waste_fraction": waste_fraction(content, cropped, padding),
+                    "per_epoch": progress.audio_history,
+                }
+            (self.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        accelerator.end_training()
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int) -> Path:
-    """Write the full training state atomically: into a temporary folder, then one rename.
-    A kill during the save leaves the previous checkpoints intact."""
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
-    temporary = checkpoint_dir / f".incomplete-{CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        for old in list_checkpoints(checkpoint_dir)[: -max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def resolve_resume(argument: str | None, checkpoint_dir: Path) -> Path | None:
-    if not argument:
-        return None
-    if argument == "latest":
-        found = list_checkpoints(checkpoint_dir)
-        return found[-1] if found else None
-    path = Path(argument)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {argument}: no such checkpoint folder")
-    return path
+def check_collapse(config, num_updates: int, metrics: dict, checkpoint_dir: Path) -> None:
+    """fairseq's collapse guard: after a warm-up, targets or predictions with (almost) no variance
+    mean the representation collapsed; stop before it overwrites a good checkpoint. A threshold of 0
+    (the recipes without a guard) never stops."""
+    if num_updates <= config.collapse_guard_after:
+        return
+    for key, limit in (("target_var", config.min_target_var), ("pred_var", config.min_pred_var)):
+        if limit and metrics[key] < limit:
+            raise TrainingStopped(
+                f"{key} = {metrics[key]:.4g} fell below {limit} at update {num_updates}: the representation is "
+                f"collapsing. The last good checkpoint is kept in {checkpoint_dir}; lower the learning rate or "
+                "raise the EMA decay and resume from it."
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,11 +604,8 @@ def export(accelerator, model, processor, args, spec: ModalitySpec, progress: Pr
         )
 
 
-# --------------------------------------------------------------------------------------------------
-# The loop
-
-
 def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, train, and turn expected failures into an exit code with a clear message."""
     parser = build_parser(spec)
     args = parser.parse_args(argv)
     apply_recipe_defaults(spec, args)
@@ -540,7 +613,7 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
     from .data import DataError
 
     try:
-        train(spec, args)
+        PretrainingLoop(spec, args).train()
     except TrainingStopped as stop:
         print(f"\ntraining stopped: {stop}", file=sys.stderr, flush=True)
         return 1
@@ -548,228 +621,3 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0
-
-
-def train(spec: ModalitySpec, args) -> None:
-    output_dir = check_output_dir(args)
-    checkpoint_dir = output_dir / "checkpoints"
-    accelerator = Accelerator(
-        # without an accelerator device, several launched processes must still form a (gloo) group:
-        # accelerate only does that when told it runs on CPU
-        cpu=not torch.accelerator.is_available(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        # the schedule counts optimizer updates; accelerate would otherwise step it once per process
-        step_scheduler_with_optimizer=False,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "runs")
-        ),
-        # a seeded sampler makes the data order a function of (seed, epoch), so resuming can skip batches
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    set_seed(args.seed)
-    logger.info(
-        "processes: %d, device: %s, mixed precision: %s",
-        accelerator.num_processes,
-        accelerator.device,
-        accelerator.mixed_precision,
-    )
-
-    with accelerator.main_process_first():  # builds the default corpus / tokenizer once, then caches
-        model = build_model(spec, args)
-        config = model.config
-        dataset, collate, processor = spec.build_data(args, config, accelerator)
-    streaming = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
-    collator = MaskingCollator(collate, spec.sample_masks[args.version], config, args.seed)
-    dataloader = DataLoader(
-        WithCounter(dataset) if streaming else WithIndex(dataset),
-        batch_size=args.per_device_train_batch_size,
-        shuffle=not streaming,
-        collate_fn=collator,
-        num_workers=args.dataloader_num_workers,
-        # its own generator: creating an iterator (also when resuming) must not draw from the global RNG,
-        # whose restored state drives dropout after a resume
-        generator=torch.Generator().manual_seed(args.seed),
-        drop_last=False,
-    )
-
-    optimizer = torch.optim.AdamW(
-        param_groups(model, args.weight_decay),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-    )
-    scheduler = build_scheduler(args, optimizer, spec)
-    model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-    unwrapped = accelerator.unwrap_model(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    resume = resolve_resume(args.resume_from_checkpoint, checkpoint_dir)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        logger.info(
-            "resumed from %s at update %d (epoch %d, batch %d)",
-            resume,
-            progress.num_updates,
-            progress.epoch,
-            progress.batches_in_epoch,
-        )
-    elif args.resume_from_checkpoint:
-        logger.info("no checkpoint to resume from in %s; starting from scratch", checkpoint_dir)
-
-    if args.with_tracking:
-        accelerator.init_trackers(
-            "data2vec_pretraining",
-            config={
-                k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()
-            },
-        )
-
-    bar = tqdm(
-        total=args.max_train_steps,
-        initial=progress.num_updates,
-        disable=not accelerator.is_local_main_process,
-        desc=f"data2vec {spec.name}",
-        # redrawn in place on a terminal; in a log file, one line every 30 s instead of every update
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,
-    )
-    window = torch.zeros(4, device=accelerator.device)  # masked positions, loss sum, non-finite flag, samples
-    last_metrics: dict = {}
-    started, samples_at_start = time.perf_counter(), progress.samples_seen
-    model.train()
-
-    while progress.num_updates < args.max_train_steps:
-        collator.epoch = progress.epoch
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(progress.epoch)
-        epoch_loader = dataloader
-        if progress.batches_in_epoch:
-            epoch_loader = accelerator.skip_first_batches(dataloader, progress.batches_in_epoch)
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                out = model(**batch)
-                loss_sum = out.loss * out.num_masked  # summed: normalised below by the global count
-                finite = bool(torch.isfinite(loss_sum))
-                window += torch.stack(
-                    [
-                        out.num_masked.float(),
-                        loss_sum.detach().float() if finite else torch.zeros((), device=window.device),
-                        torch.tensor(0.0 if finite else 1.0, device=window.device),
-                        torch.tensor(float(len(next(iter(batch.values())))), device=window.device),
-                    ]
-                )
-                accelerator.backward(loss_sum)
-                progress.batches_in_epoch += 1
-                if not accelerator.sync_gradients:
-                    continue
-
-                totals = accelerator.reduce(window, reduction="sum")
-                window.zero_()
-                masked, loss_total, nonfinite, samples = totals.tolist()
-                if nonfinite > 0 or masked == 0:
-                    optimizer.zero_grad(set_to_none=True)
-                    progress.nonfinite_in_row += int(nonfinite > 0)
-                    progress.nonfinite_total += int(nonfinite > 0)
-                    if progress.nonfinite_in_row >= args.max_nonfinite_updates:
-                        raise TrainingStopped(
-                            f"{progress.nonfinite_in_row} updates in a row had a NaN/inf loss "
-                            f"(--max_nonfinite_updates {args.max_nonfinite_updates}); the last good checkpoint is kept in {checkpoint_dir}"
-                        )
-                    continue
-                progress.nonfinite_in_row = 0
-
-                # DDP averaged the per-process sums; turn that into the sum over all processes divided
-                # by the number of masked positions in the whole update.
-                torch._foreach_mul_(
-                    [p.grad for p in trainable if p.grad is not None], accelerator.num_processes / masked
-                )
-                if args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress.num_updates += 1
-                progress.samples_seen += int(samples)
-                decay = unwrapped.ema_step(progress.num_updates)
-
-                stats = accelerator.reduce(
-                    torch.stack([out.target_var, out.pred_var]).float(), reduction="mean"
-                ).tolist()
-                last_metrics = {
-                    "loss": loss_total / masked,
-                    "lr": scheduler.get_last_lr()[0],
-                    "ema_decay": decay,
-                    "target_var": stats[0],
-                    "pred_var": stats[1],
-                    "masked_fraction": float(out.mask.float().mean()),
-                    "samples_per_s": (progress.samples_seen - samples_at_start)
-                    / max(time.perf_counter() - started, 1e-9),
-                }
-                if progress.first_metrics is None:
-                    progress.first_metrics = dict(last_metrics)
-                check_collapse(config, progress.num_updates, last_metrics, checkpoint_dir)
-                bar.update(1)
-                bar.set_postfix(
-                    {k: f"{v:.3g}" for k, v in last_metrics.items() if k != "lr"}
-                    | {"lr": f"{last_metrics['lr']:.2e}"}
-                )
-                if args.with_tracking and progress.num_updates % args.logging_steps == 0:
-                    accelerator.log(last_metrics, step=progress.num_updates)
-                if progress.num_updates % args.logging_steps == 0:
-                    progress.history.append(
-                        (progress.num_updates, last_metrics["loss"], last_metrics["target_var"])
-                    )
-                if progress.num_updates % args.logging_steps == 0 and accelerator.is_main_process:
-                    logger.info(
-                        "update %d: %s",
-                        progress.num_updates,
-                        json.dumps({k: round(v, 6) for k, v in last_metrics.items()}),
-                    )
-                if (
-                    progress.num_updates % args.checkpointing_steps == 0
-                    or progress.num_updates == args.max_train_steps
-                ):
-                    save_checkpoint(
-                        accelerator, checkpoint_dir, progress.num_updates, args.checkpoints_total_limit
-                    )
-                if progress.num_updates >= args.max_train_steps:
-                    break
-        else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-            continue
-        break
-
-    bar.close()
-    if progress.nonfinite_total:
-        logger.warning("skipped %d update(s) with a NaN/inf loss", progress.nonfinite_total)
-    accelerator.wait_for_everyone()
-    export(accelerator, model, processor, args, spec, progress, last_metrics)
-    if accelerator.is_main_process:
-        summary = {
-            "num_processes": accelerator.num_processes,
-            "updates": progress.num_updates,
-            "skipped_nonfinite_updates": progress.nonfinite_total,
-            "first": progress.first_metrics,
-            "history": progress.history,
-            "last": last_metrics,
-        }
-        (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.end_training()
-
-
-def check_collapse(config, num_updates: int, metrics: dict, checkpoint_dir: Path) -> None:
-    """fairseq's collapse guard: after a warm-up, targets or predictions with (almost) no variance
-    mean the representation collapsed; stop before it overwrites a good checkpoint."""
-    if num_updates <= config.collapse_guard_after:
-        return
-    for key, limit in (("target_var", config.min_target_var), ("pred_var", config.min_pred_var)):
-        if metrics[key] < limit:
-            raise TrainingStopped(
-                f"{key} = {metrics[key]:.4g} fell below {limit} at update {num_updates}: the representation is "
-                f"collapsing. The last good checkpoint is kept in {checkpoint_dir}; lower the learning rate or "
-                "raise the EMA decay and resume from it."
-            )

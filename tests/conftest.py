@@ -12,7 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import data2vec_hf  # noqa: E402  (registers the Auto classes)
 
-REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "fairseq")
+# fairseq reference outputs and training-step fixtures, copied into the repository (see fixtures/README.md)
+FIXTURES_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
+REFERENCE_DIR = os.path.join(FIXTURES_DIR, "fairseq")
+TRAIN_REFERENCE_DIR = os.path.join(FIXTURES_DIR, "fairseq-train")
 
 
 def tiny_audio_config(**overrides):
@@ -46,6 +49,7 @@ def tiny_vision_config(**overrides):
         average_top_k_layers=2,
         min_mask_patches_per_block=2,
         drop_path_rate=0.0,
+        ema_anneal_end_step=1000,  # the recipe's None means "the whole run", which only the scripts know
     )
     values.update(overrides)
     return data2vec_hf.Data2VecVisionPreTrainingConfig(**values)

@@ -1,6 +1,6 @@
 """The converter CLI on the fairseq reference checkpoints, and its refusals.
 
-Every v1 checkpoint of ``shared/reference/fairseq`` goes through ``data2vec-convert``; the written
+Every v1 checkpoint of ``tests/fixtures/fairseq`` goes through ``data2vec-convert``; the written
 folder is loaded with ``AutoModel.from_pretrained`` and compared with fairseq's recorded outputs (the
 data2vec 2.0 files: ``test_conversion_v2.py``). Unsafe, broken, foreign and incomplete files must fail
 with one clear error and leave nothing behind.
@@ -30,7 +30,7 @@ V1 = ("d2v1_audio", "d2v1_text")
 def ref_path(name: str, suffix: str = ".pt") -> Path:
     path = Path(REFERENCE_DIR) / f"{name}{suffix}"
     if not path.exists():
-        pytest.fail(f"reference data missing: {path} (shared/reference/fairseq must sit beside the repo)")
+        pytest.fail(f"reference data missing: {path} (tests/fixtures/fairseq is part of the repository)")
     return path
 
 

@@ -1,6 +1,6 @@
 """data2vec 2.0 (``data2vec_multi``) through ``data2vec-convert``.
 
-* every 2.0 checkpoint of ``shared/reference/fairseq`` is converted (encoder and ``--export pretraining``,
+* every 2.0 checkpoint of ``tests/fixtures/fairseq`` is converted (encoder and ``--export pretraining``,
   both with ``--verify``), loaded with the Auto classes and compared with fairseq's recorded outputs;
 * ``--verify`` refuses a wrong reference and writes nothing;
 * fine-tuned files in fairseq's layouts (``wav2vec_ctc``, ``mae_image_classification``,
@@ -62,7 +62,7 @@ CLASSES = {
 def ref_path(name: str, suffix: str = ".pt") -> Path:
     path = Path(REFERENCE_DIR) / f"{name}{suffix}"
     if not path.exists():
-        pytest.fail(f"reference data missing: {path} (shared/reference/fairseq must sit beside the repo)")
+        pytest.fail(f"reference data missing: {path} (tests/fixtures/fairseq is part of the repository)")
     return path
 
 

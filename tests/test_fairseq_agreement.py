@@ -21,7 +21,7 @@ def reference(name):
     checkpoint = os.path.join(REFERENCE_DIR, f"{name}.pt")
     if not os.path.exists(checkpoint):
         pytest.fail(
-            f"reference data missing: {checkpoint} (shared/reference/fairseq must sit beside the repo)"
+            f"reference data missing: {checkpoint} (tests/fixtures/fairseq is part of the repository)"
         )
     return load_fairseq_checkpoint(checkpoint), load_file(
         os.path.join(REFERENCE_DIR, f"{name}.outputs.safetensors")

@@ -109,6 +109,8 @@ def audio_folder(root: Path, count: int = 8, seconds=(0.3, 0.6), seed: int = 0, 
 
 
 def common(output_dir: Path, steps: int, batch: int = 4, **extra) -> list[str]:
+    """Flags of a short run; audio clips of the tests are shorter than the recipes' 2 s minimum, so
+    audio runs pass ``min_length_seconds=0``."""
     args = [
         "--output_dir",
         str(output_dir),
@@ -160,7 +162,7 @@ def test_script_end_to_end(modality, version, tmp_path):
         sf.write(
             data / "other_rate.wav", np.random.default_rng(1).standard_normal(4000).astype(np.float32), 8000
         )  # resampled
-        args = common(out, 3, train_dir=data, config_overrides=TINY_AUDIO)
+        args = common(out, 3, train_dir=data, config_overrides=TINY_AUDIO, min_length_seconds=0)
     elif modality == "vision":
         rng = np.random.default_rng(0)
         for i in range(6):
@@ -209,20 +211,38 @@ def assert_same_weights(a: dict, b: dict, atol: float):
 
 
 def test_two_processes_match_one(tmp_path):
-    data = audio_folder(tmp_path / "data", count=8, seconds=(0.5, 0.5))  # equal lengths: no padding
-    overrides = TINY_AUDIO + NO_DROPOUT
+    data = audio_folder(tmp_path / "data", count=8, seconds=(0.5, 0.5))  # equal lengths: no crop
+    # require_same_masks trims masks to the fewest in a *per-process* batch (as in fairseq), which
+    # depends on the split; without it every example's mask is its own
+    overrides = TINY_AUDIO + NO_DROPOUT + ",require_same_masks=false"
     one = tmp_path / "one"
     two = tmp_path / "two"
     check_ok(
         launch(
             "pretrain_audio.py",
-            common(one, 4, batch=4, train_dir=data, config_overrides=overrides, learning_rate=1e-3),
+            common(
+                one,
+                4,
+                batch=4,
+                train_dir=data,
+                config_overrides=overrides,
+                min_length_seconds=0,
+                learning_rate=1e-3,
+            ),
         )
     )
     check_ok(
         launch(
             "pretrain_audio.py",
-            common(two, 4, batch=2, train_dir=data, config_overrides=overrides, learning_rate=1e-3),
+            common(
+                two,
+                4,
+                batch=2,
+                train_dir=data,
+                config_overrides=overrides,
+                min_length_seconds=0,
+                learning_rate=1e-3,
+            ),
             num_processes=2,
         )
     )
@@ -238,6 +258,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = dict(
         train_dir=data,
         config_overrides=TINY_AUDIO,
+        min_length_seconds=0,
         checkpointing_steps=3,
         checkpoints_total_limit=5,
         learning_rate=1e-3,
@@ -275,7 +296,9 @@ def test_collapse_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     overrides = TINY_AUDIO + ",collapse_guard_after=2,min_target_var=1000.0"
     result = launch(
         "pretrain_audio.py",
-        common(out, 10, train_dir=data, config_overrides=overrides, checkpointing_steps=2),
+        common(
+            out, 10, train_dir=data, config_overrides=overrides, min_length_seconds=0, checkpointing_steps=2
+        ),
     )
     assert result.returncode == 1
     assert "target_var" in result.stderr and "collapsing" in result.stderr and "update 3" in result.stderr
@@ -301,7 +324,12 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
     )
     out = tmp_path / "out"
     try:
-        code = run(spec, common(out, 8, batch=1, config_overrides=TINY_AUDIO, max_nonfinite_updates=3))
+        code = run(
+            spec,
+            common(
+                out, 8, batch=1, config_overrides=TINY_AUDIO, min_length_seconds=0, max_nonfinite_updates=3
+            ),
+        )
     finally:
         AcceleratorState._reset_state(True)
         PartialState._reset_state()
@@ -318,7 +346,13 @@ def test_repeated_nonfinite_losses_stop_training(tmp_path):
     result = launch(
         "pretrain_audio.py",
         common(
-            out, 20, train_dir=data, config_overrides=TINY_AUDIO, learning_rate=1e30, max_nonfinite_updates=2
+            out,
+            20,
+            train_dir=data,
+            config_overrides=TINY_AUDIO,
+            min_length_seconds=0,
+            learning_rate=1e30,
+            max_nonfinite_updates=2,
         ),
     )
     assert result.returncode == 1
@@ -330,7 +364,14 @@ def test_missing_column_is_a_clear_error(tmp_path):
     data = audio_folder(tmp_path / "data", count=2)
     result = launch(
         "pretrain_audio.py",
-        common(tmp_path / "out", 2, train_dir=data, config_overrides=TINY_AUDIO, audio_column="speech"),
+        common(
+            tmp_path / "out",
+            2,
+            train_dir=data,
+            config_overrides=TINY_AUDIO,
+            min_length_seconds=0,
+            audio_column="speech",
+        ),
     )
     assert result.returncode != 0
     assert "speech" in result.stderr and "available" in result.stderr.lower()
@@ -355,7 +396,7 @@ def test_bad_output_dir_is_a_clear_error(tmp_path):
 def test_streaming_local_data_with_tensorboard_tracking(tmp_path):
     data = audio_folder(tmp_path / "data", count=6)
     out = tmp_path / "out"
-    args = common(out, 4, batch=2, train_dir=data, config_overrides=TINY_AUDIO) + [
+    args = common(out, 4, batch=2, train_dir=data, config_overrides=TINY_AUDIO, min_length_seconds=0) + [
         "--streaming",
         "--with_tracking",
     ]
