@@ -484,14 +484,15 @@ def random_crop(
 class AudioCollator:
     """Brings a batch of clips to one length, by cropping or by padding.
 
-    ``crop_to_shortest=True`` is fairseq's pretraining collater: every clip is cropped, at a random
-    offset, to the shortest clip of the batch (and to ``max_samples``); nothing is padded and no
-    ``attention_mask`` is returned. Otherwise clips longer than ``max_samples`` are randomly cropped and
-    the batch is zero-padded to its longest clip, with ``attention_mask`` (long, 1 = real sample).
+        ``crop_to_shortest=True`` is fairseq's pretraining collater: every clip is cropped, at a random
+        offset, to the shortest clip of the batch (and to ``max_samples``); nothing is padded and no
+        ``attention_mask`` is returned. Otherwise clips longer than ``max_samples`` are randomly cropped and
+        the batch is zero-padded to its longest clip, with ``attention_mask`` (long, 1 = real sample).
 
-    Crop offsets are drawn from each example's generator when ``generators`` are passed (the pretraining
-    loop passes one per example), else from ``generator``. ``audio_samples`` reports
-    ``[content, cropped away, padding]`` in samples, where content counts each clip up to ``max_samples``.
+        Crop offsets are drawn from each example's generator when ``generators`` are passed (the pretraining
+        loop passes one per example), else from ``generator``. ``audio_samples`` reports
+        ``[content, cropped away, padding]`` samples per clip (B x 3; per row, so that splitting a batch
+    splits them too), where content counts each clip up to ``max_samples``.
     """
 
     max_samples: int | None = None
@@ -507,12 +508,12 @@ class AudioCollator:
         capped = [len(c) if self.max_samples is None else min(len(c), self.max_samples) for c in clips]
         lengths = [min(capped)] * len(clips) if self.crop_to_shortest else capped
         clips = [random_crop(c, n, g) for c, n, g in zip(clips, lengths, generators)]
-        content = sum(capped)
         if self.crop_to_shortest:
-            stats = torch.tensor([content, content - sum(lengths), 0])
+            stats = torch.tensor([[n, n - length, 0] for n, length in zip(capped, lengths)])
             return {"input_values": torch.stack(clips), "audio_samples": stats}
         input_values, attention_mask = pad_sequences(clips, 0.0, self.pad_to_multiple_of)
-        stats = torch.tensor([content, 0, attention_mask.numel() - content])
+        padding = (attention_mask == 0).sum(-1).tolist()
+        stats = torch.tensor([[n, 0, pad] for n, pad in zip(capped, padding)])
         return {"input_values": input_values, "attention_mask": attention_mask, "audio_samples": stats}
 
 

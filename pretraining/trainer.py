@@ -128,7 +128,7 @@ class UpdateStatistics:
         v[3] += batch_size
         v[4] += out.mask.numel() if out.mask is not None else 0
         if audio is not None:
-            v[5:8] += audio.to(v.device, torch.float64)
+            v[5:8] += audio.to(v.device, torch.float64).reshape(-1, 3).sum(0)
         for offset, y in ((n, out.target), (n + 1 + 2 * d, out.prediction)):
             if y is None or not finite:
                 continue

@@ -250,6 +250,9 @@ def test_two_processes_match_one(tmp_path):
     assert summary(two)["num_processes"] == 2  # two gloo processes really ran
     assert summary(one)["updates"] == summary(two)["updates"] == 4
     assert summary(one)["last"]["loss"] == pytest.approx(summary(two)["last"]["loss"], rel=1e-4)
+    # the collapse statistics are those of the whole update, reduced over both processes
+    for key in ("target_var", "pred_var", "masked_fraction"):
+        assert summary(one)["last"][key] == pytest.approx(summary(two)["last"][key], rel=1e-4), key
     assert_same_weights(final_weights(one), final_weights(two), atol=2e-5)
 
 

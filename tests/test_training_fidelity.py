@@ -170,7 +170,10 @@ def test_a_clip_cropped_in_a_batch_keeps_its_targets_exactly(version):
     pair_batch = collate([{"input_values": short.numpy()}, {"input_values": long.numpy()}], generators)
     assert "attention_mask" not in pair_batch and pair_batch["input_values"].shape == (2, len(short))
     assert torch.equal(pair_batch["input_values"][0], short)
-    assert pair_batch["audio_samples"].tolist() == [len(short) + len(long), len(long) - len(short), 0]
+    assert pair_batch["audio_samples"].tolist() == [
+        [len(short), 0, 0],
+        [len(long), len(long) - len(short), 0],
+    ]
     alone, alone_mask = masked_forward(model, version, alone_batch, [0])
     pair, pair_mask = masked_forward(model, version, pair_batch, [0, 1])
     rows = alone_mask.shape[0]
@@ -192,7 +195,10 @@ def test_a_clip_padded_in_a_batch_keeps_its_targets(version):
     generators = [example_generator(0, 0, s) for s in (0, 1)]
     alone_batch = collate([{"input_values": short.numpy()}], generators[:1])
     pair_batch = collate([{"input_values": short.numpy()}, {"input_values": long.numpy()}], generators)
-    assert pair_batch["audio_samples"].tolist() == [len(short) + len(long), 0, len(long) - len(short)]
+    assert pair_batch["audio_samples"].tolist() == [
+        [len(short), 0, len(long) - len(short)],
+        [len(long), 0, 0],
+    ]
     alone, alone_mask = masked_forward(model, version, alone_batch, [0])
     pair, pair_mask = masked_forward(model, version, pair_batch, [0, 1])
     rows, frames = alone_mask.shape
