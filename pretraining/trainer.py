@@ -242,10 +242,16 @@ def build_dataloader(spec: ModalitySpec, args, dataset, collator: ExampleCollato
 
 class PretrainingLoop:
     """One pretraining run. ``PretrainingLoop(spec, args).train()`` builds everything, resumes when asked,
-    trains for ``--max_train_steps`` updates and exports the encoder."""
+    trains for ``--max_train_steps`` updates and exports the encoder.
 
-    def __init__(self, spec: ModalitySpec, args):
+    ``callbacks`` are called as ``callback(loop, metrics)`` after every update, on every process (the
+    metrics dict may be extended in place before it is logged); ``loop.unwrapped`` is the pretraining
+    model, ``loop.progress.num_updates`` the update count.
+    """
+
+    def __init__(self, spec: ModalitySpec, args, callbacks: list[Callable] | None = None):
         self.spec, self.args = spec, args
+        self.callbacks = list(callbacks or [])
         self.output_dir = check_output_dir(args)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.accelerator = accelerator = build_accelerator(args, self.output_dir)
@@ -445,6 +451,8 @@ class PretrainingLoop:
                 metrics = self.update()
                 if metrics is None:
                     continue
+                for callback in self.callbacks:
+                    callback(self, metrics)
                 self.last_metrics = metrics
                 self.log(metrics)
                 self.checkpoint()
