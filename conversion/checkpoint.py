@@ -151,10 +151,18 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _unpickler_diagnosis(text: str) -> str:
+    """The unpickler's own diagnosis, without torch's advice around it. torch suggests re-running with
+    ``weights_only=False``, which would execute whatever the file contains: never repeat that."""
+    detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    keep = [line for line in lines if "weights_only" not in line and "documentation" not in line]
+    return keep[0] if keep else "unreadable pickle"
+
+
 def _refusal_message(path: Path, error: Exception) -> str:
     text = str(error)
-    # torch prefixes advice to retry with weights_only=False; only its own diagnosis is useful here
-    detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
+    detail = _unpickler_diagnosis(text) if text else ""
     match = _GLOBAL_IN_MESSAGE.search(text)
     if match:
         return (
@@ -186,10 +194,13 @@ def load_checkpoint(path: str | Path) -> dict:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as error:
         text = str(error)
+        detail = _unpickler_diagnosis(text)
         if "truncated" in text or "EOF" in text:
-            raise ConversionError(f"cannot read {path}: the file is truncated ({text.strip()})") from None
+            raise ConversionError(f"cannot read {path}: the file is truncated ({detail})") from None
         if "invalid load key" in text or "Unsupported operand" in text:
-            raise ConversionError(f"cannot read {path}: not a torch checkpoint ({text.strip()})") from None
+            raise ConversionError(
+                f"cannot read {path}: not a torch checkpoint ({detail}); nothing from the file was executed"
+            ) from None
         raise ConversionError(_refusal_message(path, error)) from None
     except (EOFError, RuntimeError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
