@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 WEIGHT_DECAY_SCOPES = ("all", "no_1d_bias", "matrices")
 
 
+class ConfigError(ValueError):
+    """The model configuration asked for on the command line cannot be built; the message says why."""
+
+
 def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=f"data2vec {spec.name} pretraining with Accelerate. Run with `accelerate launch` for "
@@ -188,7 +192,7 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     overrides = {}
     for item in filter(None, (i.strip() for i in items)):
         if "=" not in item:
-            raise ValueError(f"config override {item!r} is not of the form key=value")
+            raise ConfigError(f"--config_overrides: {item!r} is not of the form key=value")
         key, raw = (s.strip() for s in item.split("=", 1))
         lowered = raw.lower()
         if lowered in ("true", "false"):
@@ -202,3 +206,37 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
                 value = raw
         overrides[key] = value
     return overrides
+
+
+def check_overrides(overrides: dict[str, Any], defaults) -> None:
+    """Reject keys the config does not have and values of the wrong type (compared with the default
+    config ``defaults``), naming them — instead of a failure deep inside the model."""
+    unknown = sorted(k for k in overrides if not hasattr(defaults, k))
+    if unknown:
+        raise ConfigError(
+            f"--config_overrides: {type(defaults).__name__} has no field {', '.join(unknown)} "
+            "(see the config class's documentation for the fields)"
+        )
+    for key, value in overrides.items():
+        default = getattr(defaults, key)
+        if default is None or value is None:
+            continue
+        kinds = (
+            (int, float)
+            if isinstance(default, float)
+            else (list, tuple)
+            if isinstance(default, list | tuple)
+            else type(default)
+        )
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kinds):
+            raise ConfigError(
+                f"--config_overrides: {key}={value!r} is a {type(value).__name__}, expected a "
+                f"{type(default).__name__} like the default {default!r}"
+            )
+
+
+def check_config(config) -> None:
+    """Consistency checks the model classes would only fail on later, with a worse message."""
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if hidden and heads and hidden % heads:
+        raise ConfigError(f"hidden_size={hidden} is not divisible by num_attention_heads={heads}")

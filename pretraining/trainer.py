@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -29,13 +29,22 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
-from .arguments import apply_recipe_defaults, build_parser, parse_config_overrides
+from .arguments import (
+    ConfigError,
+    apply_recipe_defaults,
+    build_parser,
+    check_config,
+    check_overrides,
+    parse_config_overrides,
+)
 from .batching import ExampleCollator, LengthGroupedBatchSampler, WithCounter, WithIndex, waste_fraction
-from .checkpoints import resolve_resume, save_checkpoint
+from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
+from .export import check_output_dir, export
 from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger("data2vec_hf.pretraining")
@@ -45,7 +54,12 @@ BATCH_INFO_KEYS = ("example_index", "audio_samples")
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped on purpose (collapse guard, repeated non-finite losses)."""
+    """Training stopped on purpose (collapse guard, repeated non-finite losses, SIGTERM, a failed save);
+    ``exit_code`` is the script's exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclasses.dataclass
@@ -87,6 +101,7 @@ class Progress:
     batches_in_epoch: int = 0
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
+    empty_in_row: int = 0
     samples_seen: int = 0
     first_metrics: dict | None = None
     history: list = dataclasses.field(default_factory=list)  # (update, loss, target_var) every logging step
@@ -107,13 +122,16 @@ class Progress:
 class UpdateStatistics:
     """Sums over the micro-batches of one update, reduced over all processes in one all-reduce.
 
-    Scalars: masked positions, loss sum, non-finite micro-batches, samples, candidate positions, and the
-    audio content / cropped / padding samples. Moments (count, Σy, Σy²) of targets and predictions give
+    Scalars: masked positions, loss sum, non-finite micro-batches, samples, candidate positions, the
+    audio content / cropped / padding samples, and whether a process was asked to stop (SIGTERM), so
+    that every process stops after the same update. Moments (count, Σy, Σy²) of targets and predictions give
     their feature std over the *whole* update on every process (fairseq's ``compute_var`` reduces its
     moments over processes the same way), which the collapse guard checks.
     """
 
-    SCALARS = ("masked", "loss_sum", "nonfinite", "samples", "positions", "content", "cropped", "padding")
+    SCALARS = (
+        "masked", "loss_sum", "nonfinite", "samples", "positions", "content", "cropped", "padding", "stop"
+    )  # fmt: skip
 
     def __init__(self, hidden_size: int, device):
         self.hidden_size = hidden_size
@@ -137,8 +155,15 @@ class UpdateStatistics:
             v[offset + 1 : offset + 1 + d] += y.sum(0)
             v[offset + 1 + d : offset + 1 + 2 * d] += (y * y).sum(0)
 
+    stop = False
+
+    def request_stop(self) -> None:
+        """Mark this process as asked to stop (read by every process at the next reduction)."""
+        self.stop = True
+
     def reduce(self, accelerator: Accelerator) -> dict[str, Any]:
         """Sum over processes, reset, and return the totals with the feature stds."""
+        self.values[8] = float(self.stop)
         totals = accelerator.reduce(self.values.clone(), reduction="sum")
         self.values.zero_()
         n, d = len(self.SCALARS), self.hidden_size
@@ -162,26 +187,33 @@ def moments_std(moments: torch.Tensor, dim: int) -> float:
 
 
 def build_model(spec: ModalitySpec, args) -> nn.Module:
+    """The pretraining model of ``--version``: from ``--model_name_or_path``, ``--config_name`` or the
+    released base config, with ``--config_overrides``. Config problems raise :class:`ConfigError`."""
     model_cls = spec.model_classes[args.version]
     overrides = parse_config_overrides(args.config_overrides)
     config_cls = model_cls.config_class
-    if args.model_name_or_path:
-        config = config_cls.from_pretrained(args.model_name_or_path, **overrides)
-    elif args.config_name:
-        config = config_cls.from_pretrained(args.config_name, **overrides)
-    else:
-        config = config_cls(**overrides)
-    unknown = [k for k in overrides if not hasattr(config, k)]
-    if unknown:
-        raise ValueError(f"unknown config field(s) in --config_overrides: {', '.join(unknown)}")
+    check_overrides(overrides, config_cls())
+    try:
+        if args.model_name_or_path:
+            config = config_cls.from_pretrained(args.model_name_or_path, **overrides)
+        elif args.config_name:
+            config = config_cls.from_pretrained(args.config_name, **overrides)
+        else:
+            config = config_cls(**overrides)
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ConfigError(f"the model config cannot be built: {error}") from error
+    check_config(config)
     if getattr(config, "ema_anneal_end_step", 0) is None:
         # the recipe anneals the EMA decay over the whole run (fairseq: ${optimization.max_update})
         config.ema_anneal_end_step = args.max_train_steps
     if spec.prepare_config is not None:
         config = spec.prepare_config(args, config)
-    if args.model_name_or_path:
-        return model_cls.from_pretrained(args.model_name_or_path, config=config)
-    return model_cls(config)
+    try:
+        if args.model_name_or_path:
+            return model_cls.from_pretrained(args.model_name_or_path, config=config)
+        return model_cls(config)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"the model cannot be built from this config: {error}") from error
 
 
 def build_accelerator(args, output_dir: Path) -> Accelerator:
@@ -280,22 +312,43 @@ class PretrainingLoop:
         self.progress = Progress()
         accelerator.register_for_checkpointing(self.progress)
         self.statistics = UpdateStatistics(self.config.hidden_size, accelerator.device)
+        self.dataset = dataset
         self.last_metrics: dict = {}
+        self.nonfinite_examples: list[int] = []
+        self.stop_requested, self.saved_at = False, -1
         self.resume()
 
     def resume(self) -> None:
-        resume = resolve_resume(self.args.resume_from_checkpoint, self.checkpoint_dir)
-        if resume is not None:
-            self.accelerator.load_state(str(resume))
+        """Load the newest complete checkpoint (``latest``) or the named one. With ``latest``, damaged
+        checkpoints and ones that fail to load are reported and the next older one is tried."""
+        argument = self.args.resume_from_checkpoint
+        for folder in resume_candidates(argument, self.checkpoint_dir):
+            try:
+                self.accelerator.load_state(str(folder))
+            except Exception as error:
+                if argument != "latest":
+                    raise CheckpointError(
+                        f"cannot resume from {folder}: {type(error).__name__}: {error}"
+                    ) from error
+                logger.warning(
+                    "cannot load checkpoint %s (%s: %s); trying an older one",
+                    folder,
+                    type(error).__name__,
+                    error,
+                )
+                continue
             logger.info(
                 "resumed from %s at update %d (epoch %d, batch %d)",
-                resume,
+                folder,
                 self.progress.num_updates,
                 self.progress.epoch,
                 self.progress.batches_in_epoch,
             )
-        elif self.args.resume_from_checkpoint:
-            logger.info("no checkpoint to resume from in %s; starting from scratch", self.checkpoint_dir)
+            return
+        if argument:
+            logger.info(
+                "no complete checkpoint to resume from in %s; starting from scratch", self.checkpoint_dir
+            )
 
     # ---------------------------------------------------------------------------------------- steps
 
@@ -306,6 +359,8 @@ class PretrainingLoop:
             out = self.model(**batch)
             loss_sum = out.loss * out.num_masked  # normalised by the global count in `update`
             finite = bool(torch.isfinite(loss_sum))
+            if not finite and "example_index" in info:
+                self.nonfinite_examples += info["example_index"].tolist()
             batch_size = len(next(iter(batch.values())))
             self.statistics.add(out, loss_sum, finite, batch_size, info.get("audio_samples"))
             self.accelerator.backward(loss_sum)
@@ -316,10 +371,12 @@ class PretrainingLoop:
         any micro-batch on any process had a non-finite loss. Returns the update's metrics."""
         totals = self.statistics.reduce(self.accelerator)
         self.count_audio(totals)
+        if totals["stop"] > 0:
+            self.stop_requested = True
         if totals["nonfinite"] > 0 or totals["masked"] == 0:
             self.skip_update(totals)
             return None
-        self.progress.nonfinite_in_row = 0
+        self.progress.nonfinite_in_row = self.progress.empty_in_row = 0
         self.normalise_gradients(totals["masked"])
         grad_norm = self.clip_gradients()
         self.optimizer.step()
@@ -347,16 +404,30 @@ class PretrainingLoop:
         return float(self.accelerator.clip_grad_norm_(self.trainable, max_norm))
 
     def skip_update(self, totals: dict) -> None:
+        """Drop the gradients of an update that had a non-finite loss (naming the examples of the bad
+        micro-batches) or nothing to regress; stop after too many of either in a row."""
         self.optimizer.zero_grad(set_to_none=True)
-        if totals["nonfinite"] == 0:
+        progress, limit = self.progress, self.args.max_nonfinite_updates
+        if totals["nonfinite"] == 0:  # no masked position in the whole update
+            progress.empty_in_row += 1
+            if progress.empty_in_row >= limit:
+                raise TrainingStopped(
+                    f"{progress.empty_in_row} updates in a row had no masked position to regress: the examples "
+                    "are too short to mask (or hold only special tokens)"
+                )
             return
-        progress = self.progress
+        examples, self.nonfinite_examples = self.nonfinite_examples, []
+        logger.warning(
+            "update %d skipped: NaN/inf loss in a batch of examples %s",
+            progress.num_updates + 1,
+            describe_examples(self.dataset, examples),
+        )
         progress.nonfinite_in_row += 1
         progress.nonfinite_total += 1
-        if progress.nonfinite_in_row >= self.args.max_nonfinite_updates:
+        if progress.nonfinite_in_row >= limit:
             raise TrainingStopped(
                 f"{progress.nonfinite_in_row} updates in a row had a NaN/inf loss (--max_nonfinite_updates "
-                f"{self.args.max_nonfinite_updates}); the last good checkpoint is kept in {self.checkpoint_dir}"
+                f"{limit}); the last good checkpoint is kept in {self.checkpoint_dir}"
             )
 
     def count_audio(self, totals: dict) -> None:
@@ -396,10 +467,29 @@ class PretrainingLoop:
         if self.accelerator.is_main_process:
             logger.info("update %d: %s", step, json.dumps({k: round(v, 6) for k, v in metrics.items()}))
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, force: bool = False) -> None:
         step = self.progress.num_updates
-        if step % self.args.checkpointing_steps == 0 or step == self.args.max_train_steps:
-            save_checkpoint(self.accelerator, self.checkpoint_dir, step, self.args.checkpoints_total_limit)
+        if force or step % self.args.checkpointing_steps == 0 or step == self.args.max_train_steps:
+            try:
+                save_checkpoint(
+                    self.accelerator, self.checkpoint_dir, step, self.args.checkpoints_total_limit
+                )
+            except CheckpointError as error:
+                raise TrainingStopped(str(error)) from error
+            self.saved_at = step
+
+    def stop_if_asked(self) -> None:
+        """After SIGTERM (on any process): make sure this update is saved, then stop."""
+        if not self.stop_requested:
+            return
+        if self.saved_at != self.progress.num_updates:
+            self.checkpoint(force=True)
+        raise TrainingStopped(
+            f"stopped by SIGTERM after update {self.progress.num_updates}; checkpoint "
+            f"{self.checkpoint_dir}/step-{self.progress.num_updates} is complete: continue with "
+            "--resume_from_checkpoint latest",
+            exit_code=128 + signal.SIGTERM,
+        )
 
     def end_epoch(self) -> None:
         progress = self.progress
@@ -433,6 +523,7 @@ class PretrainingLoop:
     def train(self) -> None:
         args, progress = self.args, self.progress
         self.start_tracking()
+        self.catch_sigterm()
         self.bar = tqdm(
             total=args.max_train_steps,
             initial=progress.num_updates,
@@ -456,12 +547,25 @@ class PretrainingLoop:
                 self.last_metrics = metrics
                 self.log(metrics)
                 self.checkpoint()
+                self.stop_if_asked()
                 if progress.num_updates >= args.max_train_steps:
                     break
             else:
                 self.end_epoch()
         self.bar.close()
         self.finish()
+
+    def catch_sigterm(self) -> None:
+        """SIGTERM (a scheduler's pre-emption, ``kill``) finishes the current update and its checkpoint
+        instead of dying in the middle of a save."""
+        if sys.platform == "win32" or threading_main() is False:
+            return
+
+        def request_stop(signum, frame):
+            logger.warning("SIGTERM received: stopping after this update")
+            self.statistics.request_stop()
+
+        signal.signal(signal.SIGTERM, request_stop)
 
     def start_tracking(self) -> None:
         if self.args.with_tracking:
@@ -502,6 +606,22 @@ class PretrainingLoop:
         accelerator.end_training()
 
 
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def describe_examples(dataset, indices: list[int]) -> str:
+    """``[3 (clips/a.wav), 17 (clips/b.wav)]``: dataset indices, with their source files when known."""
+    sources = [None] * len(indices)
+    names = getattr(dataset, "column_names", None) or []
+    if "source" in names and indices:
+        column = dataset.select_columns(["source"])
+        sources = [column[int(i)]["source"] for i in indices]
+    return "[" + ", ".join(f"{i} ({s})" if s else str(i) for i, s in zip(indices, sources)) + "]"
+
+
 def check_collapse(config, num_updates: int, metrics: dict, checkpoint_dir: Path) -> None:
     """fairseq's collapse guard: after a warm-up, targets or predictions with (almost) no variance
     mean the representation collapsed; stop before it overwrites a good checkpoint. A threshold of 0
@@ -517,101 +637,6 @@ def check_collapse(config, num_updates: int, metrics: dict, checkpoint_dir: Path
             )
 
 
-# --------------------------------------------------------------------------------------------------
-# Output
-
-
-def check_output_dir(args) -> Path:
-    output_dir = Path(args.output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise SystemExit(f"error: output dir {output_dir} is not writable: {error}") from error
-    existing = [p for p in output_dir.iterdir() if p.name not in ("checkpoints", "runs")]
-    if existing and not args.resume_from_checkpoint and not args.overwrite_output_dir:
-        raise SystemExit(
-            f"error: output dir {output_dir} is not empty; pass --resume_from_checkpoint latest to continue "
-            "or --overwrite_output_dir to start over"
-        )
-    return output_dir
-
-
-def export(accelerator, model, processor, args, spec: ModalitySpec, progress: Progress, last_metrics: dict):
-    """Write the student encoder (a plain transformers checkpoint for v1), its processor, the full
-    pretraining checkpoint in ``pretraining_model/`` and a model card; push when asked."""
-    from data2vec_hf.cards import render_model_card
-    from data2vec_hf.hub import push_folder_to_hub
-    from huggingface_hub import ModelCardData
-
-    if not accelerator.is_main_process:
-        return
-    output_dir = Path(args.output_dir)
-    unwrapped = accelerator.unwrap_model(model)
-    backbone = getattr(unwrapped, unwrapped.base_model_prefix)
-    backbone.save_pretrained(output_dir)
-    if processor is not None:
-        processor.save_pretrained(output_dir)
-    unwrapped.save_pretrained(output_dir / "pretraining_model")
-
-    config = unwrapped.config
-    model_name = args.hub_model_id or output_dir.name
-    first = progress.first_metrics or {}
-    results = [
-        (k, f"{first[k]:.4g}", f"{last_metrics[k]:.4g}")
-        for k in ("loss", "target_var", "pred_var")
-        if k in first and k in last_metrics
-    ]
-    card = render_model_card(
-        "pretraining",
-        ModelCardData(
-            library_name="transformers",
-            tags=["data2vec", f"data2vec-{args.version}", spec.name, "self-supervised", "data2vec-hf"],
-            datasets=[args.dataset_name] if args.dataset_name else None,
-            base_model=args.model_name_or_path
-            if args.model_name_or_path and not os.path.isdir(args.model_name_or_path)
-            else None,
-            pipeline_tag="feature-extraction",
-        ),
-        model_name=model_name,
-        version="1.0" if args.version == 1 else "2.0",
-        modality=spec.name,
-        top_k=config.average_top_k_layers,
-        usage=(
-            "from transformers import AutoModel\n"
-            + ("" if args.version == 1 else "import data2vec_hf  # registers data2vec 2.0\n")
-            + f'model = AutoModel.from_pretrained("{model_name}")'
-        ),
-        training_table=[
-            ("updates", progress.num_updates),
-            ("samples seen", progress.samples_seen),
-            ("dataset", args.dataset_name or args.train_dir or args.train_file or "embedded default corpus"),
-            ("peak learning rate", args.learning_rate),
-            ("schedule", args.lr_scheduler_type),
-            (
-                "batch size per device x accumulation x processes",
-                f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x {accelerator.num_processes}",
-            ),
-            (
-                "EMA decay",
-                f"{config.ema_decay} → {config.ema_end_decay} over {config.ema_anneal_end_step} updates",
-            ),
-            ("hidden size / layers", f"{config.hidden_size} / {config.num_hidden_layers}"),
-        ],
-        results_table=results,
-    )
-    card.save(output_dir / "README.md")
-    if args.push_to_hub:
-        push_folder_to_hub(
-            output_dir,
-            args.hub_model_id or output_dir.name,
-            token=args.hub_token,
-            private=args.hub_private_repo or None,
-        )
-
-
 def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
     """Parse ``argv``, train, and turn expected failures into an exit code with a clear message."""
     parser = build_parser(spec)
@@ -624,8 +649,8 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
         PretrainingLoop(spec, args).train()
     except TrainingStopped as stop:
         print(f"\ntraining stopped: {stop}", file=sys.stderr, flush=True)
-        return 1
-    except DataError as error:  # bad input data: say what is wrong, no traceback into the pipeline
+        return stop.exit_code
+    except (DataError, CheckpointError, ConfigError) as error:  # bad input: say what, no traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -1,0 +1,136 @@
+"""What a pretraining run leaves behind: the checked output folder and the exported encoder.
+
+The export is written into a temporary folder inside the output folder and moved into place only
+when it is complete, so a full disk or a kill never leaves a half-written model next to the
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .checkpoints import CheckpointError, is_disk_full
+
+EXPORT_TEMPORARY = ".export-incomplete"
+
+
+def check_output_dir(args) -> Path:
+    """Create ``--output_dir`` and make sure it is writable and holds no earlier run by accident."""
+    output_dir = Path(args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: output dir {output_dir} is not writable: {error}") from error
+    existing = [p for p in output_dir.iterdir() if p.name not in ("checkpoints", "runs", EXPORT_TEMPORARY)]
+    if existing and not args.resume_from_checkpoint and not args.overwrite_output_dir:
+        raise SystemExit(
+            f"error: output dir {output_dir} is not empty; pass --resume_from_checkpoint latest to continue "
+            "or --overwrite_output_dir to start over"
+        )
+    return output_dir
+
+
+def export(accelerator, model, processor, args, spec, progress, last_metrics: dict):
+    """Write the student encoder (a plain transformers checkpoint for v1), its processor, the full
+    pretraining checkpoint in ``pretraining_model/`` and a model card; push when asked."""
+    from data2vec_hf.hub import push_folder_to_hub
+
+    if not accelerator.is_main_process:
+        return
+    output_dir = Path(args.output_dir)
+    temporary = output_dir / EXPORT_TEMPORARY
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        unwrapped = accelerator.unwrap_model(model)
+        write_export(
+            temporary, unwrapped, processor, args, spec, progress, last_metrics, accelerator.num_processes
+        )
+        for item in sorted(temporary.iterdir()):
+            target = output_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        temporary.rmdir()
+    except Exception as error:  # OSError, or a library's own error wrapping one (safetensors)
+        shutil.rmtree(temporary, ignore_errors=True)
+        reason = "the disk is full" if is_disk_full(error) else f"{type(error).__name__}: {error}"
+        raise CheckpointError(
+            f"exporting the model to {output_dir} failed ({reason}); the training checkpoints in "
+            f"{output_dir / 'checkpoints'} are intact"
+        ) from error
+    if args.push_to_hub:
+        push_folder_to_hub(
+            output_dir,
+            args.hub_model_id or output_dir.name,
+            token=args.hub_token,
+            private=args.hub_private_repo or None,
+        )
+
+
+def write_export(
+    folder: Path, unwrapped, processor, args, spec, progress, last_metrics: dict, num_processes: int
+) -> None:
+    """The student encoder, its processor, ``pretraining_model/`` and the model card, into ``folder``."""
+    from data2vec_hf.cards import render_model_card
+    from huggingface_hub import ModelCardData
+
+    output_dir = Path(args.output_dir)
+    folder.mkdir(parents=True)
+    backbone = getattr(unwrapped, unwrapped.base_model_prefix)
+    backbone.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    unwrapped.save_pretrained(folder / "pretraining_model")
+
+    config = unwrapped.config
+    model_name = args.hub_model_id or output_dir.name
+    first = progress.first_metrics or {}
+    results = [
+        (k, f"{first[k]:.4g}", f"{last_metrics[k]:.4g}")
+        for k in ("loss", "target_var", "pred_var")
+        if k in first and k in last_metrics
+    ]
+    card = render_model_card(
+        "pretraining",
+        ModelCardData(
+            library_name="transformers",
+            tags=["data2vec", f"data2vec-{args.version}", spec.name, "self-supervised", "data2vec-hf"],
+            datasets=[args.dataset_name] if args.dataset_name else None,
+            base_model=args.model_name_or_path
+            if args.model_name_or_path and not os.path.isdir(args.model_name_or_path)
+            else None,
+            pipeline_tag="feature-extraction",
+        ),
+        model_name=model_name,
+        version="1.0" if args.version == 1 else "2.0",
+        modality=spec.name,
+        top_k=config.average_top_k_layers,
+        usage=(
+            "from transformers import AutoModel\n"
+            + ("" if args.version == 1 else "import data2vec_hf  # registers data2vec 2.0\n")
+            + f'model = AutoModel.from_pretrained("{model_name}")'
+        ),
+        training_table=[
+            ("updates", progress.num_updates),
+            ("samples seen", progress.samples_seen),
+            ("dataset", args.dataset_name or args.train_dir or args.train_file or "embedded default corpus"),
+            ("peak learning rate", args.learning_rate),
+            ("schedule", args.lr_scheduler_type),
+            (
+                "batch size per device x accumulation x processes",
+                f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x {num_processes}",
+            ),
+            (
+                "EMA decay",
+                f"{config.ema_decay} → {config.ema_end_decay} over {config.ema_anneal_end_step} updates",
+            ),
+            ("hidden size / layers", f"{config.hidden_size} / {config.num_hidden_layers}"),
+        ],
+        results_table=results,
+    )
+    card.save(folder / "README.md")
