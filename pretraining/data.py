@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,11 @@ class DataStats:
         self.skipped[status] += 1
         return False
 
+    def skip(self, reason: str) -> bool:
+        """Count one dropped example; returns True (for use inside filters)."""
+        self.skipped[reason] += 1
+        return True
+
     def summary(self) -> str:
         """One line for the log."""
         total = self.kept + sum(self.skipped.values())
@@ -122,7 +128,10 @@ class DataStats:
 
 def data_source_kwargs(args: Any) -> dict[str, Any]:
     """Pick :func:`load_raw_dataset`'s keyword arguments from an argparse namespace (missing → default)."""
-    names = "dataset_name dataset_config_name train_split_name streaming train_dir train_file cache_dir"
+    names = (
+        "dataset_name dataset_config_name train_split_name streaming train_dir train_file cache_dir "
+        "skip_undecodable_lines"
+    )
     return {name: getattr(args, name) for name in names.split() if getattr(args, name, None) is not None}
 
 
@@ -136,10 +145,14 @@ def load_raw_dataset(
     train_dir: str | os.PathLike | None = None,
     train_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    skip_undecodable_lines: bool = False,
+    report: dict | None = None,
 ) -> Dataset | IterableDataset:
     """Load the raw training split of a Hub dataset, local files or (with no source) the embedded corpus.
 
     Audio/image columns come back undecoded (paths or bytes); the ``prepare_*`` functions decode them.
+    Local text files must be UTF-8 (see :func:`~data2vec_hf.pretraining.text_data.ensure_utf8`); the
+    number of lines dropped with ``skip_undecodable_lines`` is put in ``report["undecodable_lines"]``.
     """
     if modality not in MODALITIES:
         raise DataError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
@@ -162,6 +175,12 @@ def load_raw_dataset(
     elif modality == "text":
         files = _text_files(train_dir, train_file) if (train_dir or train_file) else [build_text_corpus()]
         builder = TEXT_BUILDERS.get(files[0].suffix.lower(), "text")
+        if builder == "text":
+            from .text_data import ensure_utf8
+
+            files, dropped = ensure_utf8(files, skip_undecodable_lines, cache_dir)
+            if report is not None:
+                report["undecodable_lines"] = dropped
         data_files = [str(f) for f in files]
         ds = datasets.load_dataset(
             builder, data_files=data_files, split="train", cache_dir=cache_dir, streaming=streaming
@@ -300,6 +319,30 @@ def resolve_column(ds: Dataset | IterableDataset, column: str | None, modality: 
     return found
 
 
+def check_column_type(ds: Dataset | IterableDataset, column: str, modality: str) -> None:
+    """A clear error when the column holds values of the wrong kind (e.g. numbers given as audio)."""
+    first = next((v for v in _first_values(ds, column) if v is not None), None)
+    if first is None:
+        return
+    accepted: tuple = (str,) if modality == "text" else (str, bytes, dict, os.PathLike)
+    if modality == "vision":
+        from PIL import Image
+
+        accepted = (*accepted, Image.Image)
+    if not isinstance(first, accepted):
+        what = {"audio": "audio files (paths or bytes)", "vision": "images (paths or bytes)", "text": "text"}
+        raise DataError(
+            f"column {column!r} holds {type(first).__name__} values ({str(first)[:40]!r}), not {what[modality]}; "
+            f"name the right column with --{'image' if modality == 'vision' else modality}_column"
+        )
+
+
+def _first_values(ds: Dataset | IterableDataset, column: str, count: int = 8) -> list:
+    if isinstance(ds, Dataset):
+        return list(ds.select_columns([column])[: min(count, len(ds))][column])
+    return [example[column] for _, example in zip(range(count), ds)]
+
+
 def _preprocess_dir(cache_dir: str | os.PathLike | None) -> Path:
     path = Path(cache_dir) / "data2vec_hf" if cache_dir else cache_root() / "preprocessed"
     path.mkdir(parents=True, exist_ok=True)
@@ -389,11 +432,13 @@ def feature_encoder_receptive_field(conv_kernel: Sequence[int], conv_stride: Seq
     return field_size
 
 
-def read_audio(value: Any) -> tuple[np.ndarray, int]:
+def read_audio(value: Any, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a path, bytes, ``{"bytes", "path"}`` or ``{"array", "sampling_rate"}`` value with soundfile.
 
     Returns mono float32 samples (channels averaged) and the file's sampling rate; raises
-    :class:`UnreadableError` for a missing, corrupt or non-finite file.
+    :class:`UnreadableError` for a missing, corrupt or non-finite file. A file longer than
+    ``max_seconds`` is not decoded whole: only a window of that length is read, at an offset drawn
+    from a generator seeded by the file's name (the same window every time).
     """
     if isinstance(value, dict) and value.get("array") is not None:  # decoded: (time,) or (channels, time)
         audio, rate = np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
@@ -403,7 +448,12 @@ def read_audio(value: Any) -> tuple[np.ndarray, int]:
 
         source = _open_source(value)
         try:
-            audio, rate = sf.read(source, dtype="float32", always_2d=True)  # (time, channels)
+            with sf.SoundFile(source) as handle:
+                rate = handle.samplerate
+                window = int(max_seconds * rate) if max_seconds else None
+                if window is not None and handle.frames > window:
+                    handle.seek(_window_start(_source_name(value), handle.frames - window))
+                audio = handle.read(window if window is not None else -1, dtype="float32", always_2d=True)
         except Exception as error:  # any decoder failure means the file is unusable
             raise UnreadableError("unreadable", str(error)) from error
         audio = audio.mean(axis=1)
@@ -412,23 +462,38 @@ def read_audio(value: Any) -> tuple[np.ndarray, int]:
     return audio.astype(np.float32, copy=False), rate
 
 
+def _window_start(name: str, last_start: int) -> int:
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return int(np.random.default_rng(seed).integers(0, last_start + 1))
+
+
+def _source_name(value: Any) -> str:
+    """The file a value comes from ("" for in-memory bytes)."""
+    if isinstance(value, dict):
+        return str(value.get("path") or "")
+    return os.fspath(value) if isinstance(value, str | os.PathLike) else ""
+
+
 def zero_mean_unit_var(audio: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Per-clip normalisation, as fairseq's ``normalize: true`` (``F.layer_norm(wav, wav.shape)``)."""
     return ((audio - audio.mean()) / np.sqrt(audio.var() + eps)).astype(np.float32)
 
 
-def _decode_audio(value: Any, sampling_rate: int, min_samples: int, normalize: bool) -> dict[str, Any]:
+def _decode_audio(
+    value: Any, sampling_rate: int, min_samples: int, normalize: bool, max_seconds: float | None
+) -> dict[str, Any]:
     empty = np.zeros(0, dtype=np.float32)
+    source = _source_name(value)
     try:
-        audio, rate = read_audio(value)
+        audio, rate = read_audio(value, max_seconds)
     except UnreadableError as error:
-        return {"input_values": empty, "length": 0, "status": error.reason}
+        return {"input_values": empty, "length": 0, "status": error.reason, "source": source}
     status = "ok" if rate == sampling_rate else "resampled"
     audio = resample_audio(audio, rate, sampling_rate) if len(audio) else audio
     if len(audio) < min_samples:
-        return {"input_values": empty, "length": len(audio), "status": "too_short"}
+        return {"input_values": empty, "length": len(audio), "status": "too_short", "source": source}
     audio = zero_mean_unit_var(audio) if normalize else audio
-    return {"input_values": audio, "length": len(audio), "status": status}
+    return {"input_values": audio, "length": len(audio), "status": status, "source": source}
 
 
 def prepare_audio_dataset(
@@ -440,23 +505,31 @@ def prepare_audio_dataset(
     audio_column: str | None = None,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[Dataset | IterableDataset, DataStats]:
     """Decode, down-mix, resample, normalise; drop unreadable clips and clips < ``min_samples`` samples.
 
-    Returns a dataset with ``input_values`` (float32) and ``length`` (samples), and its statistics.
-    ``min_samples`` should be at least :func:`feature_encoder_receptive_field` of the model.
+    Returns a dataset with ``input_values`` (float32), ``length`` (samples) and ``source`` (the file),
+    and its statistics. ``min_samples`` should be at least :func:`feature_encoder_receptive_field` of
+    the model. Files longer than ``max_seconds`` keep one window of that length (see :func:`read_audio`).
     """
     raw = _disable_decoding(raw)
     column = resolve_column(raw, audio_column, "audio")
+    check_column_type(raw, column, "audio")
     features = datasets.Features(
         {
             "input_values": datasets.List(datasets.Value("float32")),
             "length": datasets.Value("int64"),
             "status": datasets.Value("string"),
+            "source": datasets.Value("string"),
         }
     )
     decode = functools.partial(
-        _decode_audio, sampling_rate=sampling_rate, min_samples=min_samples, normalize=normalize
+        _decode_audio,
+        sampling_rate=sampling_rate,
+        min_samples=min_samples,
+        normalize=normalize,
+        max_seconds=max_seconds,
     )
     ds = _apply(
         raw, "map", decode, cache_dir=cache_dir, num_proc=num_proc, desc="Decoding audio",
@@ -551,15 +624,25 @@ def build_image_transform(
 
 
 def read_image(value: Any):
-    """Decode a path, bytes, ``{"bytes", "path"}`` value or PIL image to an RGB PIL image."""
-    from PIL import Image
+    """Decode a path, bytes, ``{"bytes", "path"}`` value or PIL image to an RGB PIL image, turned upright
+    by its EXIF orientation. Raises :class:`UnreadableError`: ``"unreadable"`` for a corrupt or truncated
+    file, ``"too_large"`` for an image over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,
+    89 M pixels), which is never decoded."""
+    import warnings
+
+    from PIL import Image, ImageOps
 
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return ImageOps.exif_transpose(value).convert("RGB")
     source = _open_source(value)
     try:
-        with Image.open(source) as image:
-            return image.convert("RGB")  # decodes the whole file: truncated files fail here
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                # decodes the whole file: truncated files fail here
+                return ImageOps.exif_transpose(image).convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise UnreadableError("too_large", str(error)) from error
     except Exception as error:  # any decoder failure means the file is unusable
         raise UnreadableError("unreadable", str(error)) from error
 
@@ -568,8 +651,8 @@ def _image_status(value: Any) -> dict[str, str]:
     try:
         read_image(value)
     except UnreadableError as error:
-        return {"status": error.reason}
-    return {"status": "ok"}
+        return {"status": error.reason, "source": _source_name(value)}
+    return {"status": "ok", "source": _source_name(value)}
 
 
 def _transform_image(value: Any, transform: Callable) -> dict[str, Any]:
@@ -595,6 +678,7 @@ def prepare_image_dataset(
     ``transform`` on the fly (fresh augmentation every epoch). Examples carry ``pixel_values``."""
     raw = _disable_decoding(raw)
     column = resolve_column(raw, image_column, "vision")
+    check_column_type(raw, column, "vision")
     stats = DataStats("vision", streaming=isinstance(raw, IterableDataset))
     if stats.streaming:
         apply = functools.partial(_transform_image, transform=transform)
@@ -619,166 +703,10 @@ class ImageCollator:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Text
+# Text lives in text_data.py; its public names stay importable from here.
 
-
-SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as RoBERTa; "<mask>" is the last id
-
-
-def train_bpe_tokenizer(
-    texts: Iterable[str],
-    vocab_size: int,
-    out_dir: str | os.PathLike | None = None,
-    *,
-    min_frequency: int = 2,
-    model_max_length: int = 512,
-):
-    """Train a byte-level BPE tokenizer (RoBERTa-style) and wrap it as ``PreTrainedTokenizerFast``.
-
-    Specials: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3 and ``<mask>`` = the last id (as RoBERTa);
-    a small corpus can yield fewer merges than asked, so size the model's vocabulary with
-    ``len(tokenizer)``. ``tokenizer(text)`` adds ``<s> ... </s>``. Saved with ``save_pretrained(out_dir)``.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 1,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator((t for t in texts if t.strip()), trainer)
-    tokenizer.add_special_tokens(["<mask>"])
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-        model_max_length=model_max_length,
-    )
-    if out_dir is not None:
-        wrapped.save_pretrained(out_dir)
-    return wrapped
-
-
-def _texts(ds: Dataset | IterableDataset, column: str, max_lines: int | None) -> Iterator[str]:
-    for i, example in enumerate(ds.select_columns([column])):
-        if max_lines is not None and i >= max_lines:
-            return
-        yield example[column] or ""
-
-
-def load_or_train_tokenizer(
-    tokenizer_name_or_path: str | os.PathLike | None,
-    raw: Dataset | IterableDataset,
-    out_dir: str | os.PathLike,
-    *,
-    vocab_size: int = 8192,
-    text_column: str | None = None,
-    max_lines: int | None = 1_000_000,
-):
-    """The named tokenizer; else the one already trained in ``out_dir`` (resume); else train a byte-level
-    BPE on the first ``max_lines`` lines of ``raw`` and save it to ``out_dir``."""
-    from transformers import AutoTokenizer
-
-    if tokenizer_name_or_path:
-        return AutoTokenizer.from_pretrained(tokenizer_name_or_path)
-    if (Path(out_dir) / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(out_dir)
-    column = resolve_column(raw, text_column, "text")
-    train_bpe_tokenizer(_texts(raw, column, max_lines), vocab_size, out_dir)
-    return AutoTokenizer.from_pretrained(out_dir)  # the same object type as on resume (stable cache hashes)
-
-
-def _not_empty(lines: list[str | None]) -> list[bool]:
-    return [bool(line and line.strip()) for line in lines]
-
-
-def _tokenize_and_group(
-    lines: list[str], tokenizer: Any, block_size: int, bos: int, eos: int
-) -> dict[str, list]:
-    """Tokenize lines, join them with ``</s>`` and cut the stream into ``<s> ... </s>`` blocks."""
-    ids = tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]
-    stream = [token for line in ids for token in (*line, eos)]
-    body = block_size - 2
-    chunks = (stream[i : i + body] for i in range(0, len(stream), body))
-    return {"input_ids": [[bos, *chunk] + ([eos] if chunk[-1] != eos else []) for chunk in chunks]}
-
-
-def _special_ids(tokenizer: Any) -> tuple[int, int]:
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    missing = [
-        n for n, i in (("bos/cls", bos), ("eos/sep", eos), ("pad", tokenizer.pad_token_id)) if i is None
-    ]
-    if tokenizer.mask_token_id is None:
-        missing.append("mask")
-    if missing:
-        raise DataError(
-            f"the tokenizer has no {', '.join(missing)} token; data2vec text pretraining needs them"
-        )
-    return bos, eos
-
-
-def prepare_text_dataset(
-    raw: Dataset | IterableDataset,
-    tokenizer: Any,
-    *,
-    max_seq_length: int = 512,
-    text_column: str | None = None,
-    num_proc: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> tuple[Dataset | IterableDataset, DataStats]:
-    """Drop empty lines (counted), tokenize, and pack the token stream into ``<s> ... </s>`` blocks of at
-    most ``max_seq_length`` tokens (lines separated by ``</s>``). Examples carry ``input_ids``."""
-    if max_seq_length < 3:
-        raise DataError(f"max_seq_length must be at least 3, got {max_seq_length}")
-    column = resolve_column(raw, text_column, "text")
-    bos, eos = _special_ids(tokenizer)
-    stats = DataStats("text", streaming=isinstance(raw, IterableDataset))
-    if stats.streaming:
-        lines = raw.filter(
-            lambda line: stats.record("ok" if _not_empty([line])[0] else "empty"), input_columns=[column]
-        )
-    else:
-        lines = _apply(
-            raw, "filter", _not_empty, cache_dir=cache_dir, num_proc=num_proc, desc="Dropping empty lines",
-            input_columns=[column], batched=True,
-        )  # fmt: skip
-        stats.kept = len(lines)
-        if len(raw) > len(lines):
-            stats.skipped["empty"] = len(raw) - len(lines)
-    group = functools.partial(
-        _tokenize_and_group, tokenizer=tokenizer, block_size=max_seq_length, bos=bos, eos=eos
-    )
-    blocks = _apply(
-        lines, "map", group, cache_dir=cache_dir, num_proc=num_proc, desc="Tokenizing and grouping",
-        input_columns=[column], batched=True, remove_columns=column_names(raw),
-    )  # fmt: skip
-    if not stats.streaming:
-        if len(blocks) == 0:
-            raise DataError(f"no text left to train on: {stats.summary()}")
-        stats.notes["blocks"] = len(blocks)
-        logger.info(stats.summary())
-    return blocks, stats
-
-
-@dataclass
-class TextCollator:
-    """Pads ``input_ids`` with ``pad_token_id``; returns ``input_ids`` and ``attention_mask`` (long)."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, examples: Sequence[dict[str, Any]], generators=None) -> dict[str, torch.Tensor]:
-        ids = [_tensor(e["input_ids"], np.int64) for e in examples]
-        input_ids, attention_mask = pad_sequences(ids, self.pad_token_id, self.pad_to_multiple_of)
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+from .text_data import SPECIAL_TOKENS as SPECIAL_TOKENS  # noqa: E402  (text_data imports the above)
+from .text_data import TextCollator as TextCollator  # noqa: E402
+from .text_data import load_or_train_tokenizer as load_or_train_tokenizer  # noqa: E402
+from .text_data import prepare_text_dataset as prepare_text_dataset  # noqa: E402
+from .text_data import train_bpe_tokenizer as train_bpe_tokenizer  # noqa: E402

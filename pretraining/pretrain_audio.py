@@ -37,7 +37,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--max_length_seconds",
         type=float,
         default=argparse.SUPPRESS,
-        help="longer clips are randomly cropped (fairseq's max_sample_size) "
+        help="longer clips are randomly cropped, afresh every epoch (fairseq's max_sample_size); files "
+        "longer than 4x this keep one seeded random window of 4x this, so they are never decoded whole "
         f"(default: {recipe_default(SPEC, 'max_length_seconds')})",
     )
     group.add_argument(
@@ -76,6 +77,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
+LONG_FILE_WINDOW = 4  # longer files keep a window of this many crop lengths
+
+
 def build_data(args, config, accelerator):
     receptive_field = feature_encoder_receptive_field(config.conv_kernel, config.conv_stride)
     min_samples = max(receptive_field, int(args.min_length_seconds * args.sampling_rate))
@@ -88,6 +92,9 @@ def build_data(args, config, accelerator):
         audio_column=args.audio_column,
         num_proc=args.preprocessing_num_workers,
         cache_dir=args.cache_dir,
+        # a long file (a 2-hour recording) keeps one window, so it is never decoded whole; the collator
+        # still draws a fresh crop of --max_length_seconds from that window every epoch
+        max_seconds=LONG_FILE_WINDOW * args.max_length_seconds,
     )
     if args.max_train_samples is not None and not stats.streaming:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))

@@ -36,6 +36,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--bpe_vocab_size", type=int, default=8192, help="vocabulary size of the trained BPE tokenizer"
     )
     group.add_argument(
+        "--skip_undecodable_lines",
+        action="store_true",
+        help="drop (and count) the lines of --train_file/--train_dir text files that are not valid UTF-8, "
+        "instead of stopping with an error that names the file",
+    )
+    group.add_argument(
         "--max_seq_length",
         type=int,
         default=512,
@@ -45,7 +51,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 def prepare_config(args, config):
     """Load (or train) the tokenizer and make the config's vocabulary and special ids match it."""
-    raw = load_raw_dataset("text", **data_source_kwargs(args))
+    report: dict = {}
+    raw = load_raw_dataset("text", **data_source_kwargs(args), report=report)
+    args.undecodable_lines = report.get("undecodable_lines", 0)
     tokenizer = load_or_train_tokenizer(
         args.tokenizer_name or args.model_name_or_path
         if _has_tokenizer(args.model_name_or_path)
@@ -92,6 +100,7 @@ def build_data(args, config, accelerator):
         text_column=args.text_column,
         num_proc=args.preprocessing_num_workers,
         cache_dir=args.cache_dir,
+        undecodable_lines=args.undecodable_lines,
     )
     if args.max_train_samples is not None and not stats.streaming:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))

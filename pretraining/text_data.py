@@ -1,0 +1,298 @@
+"""The text side of the pretraining data pipeline: UTF-8 checks, tokenizers, packing into blocks.
+
+Text files must be UTF-8: a file that is not is a :class:`~data2vec_hf.pretraining.data.DataError`
+naming the file, the line and the byte offset, or — with ``skip_undecodable_lines`` — its undecodable
+lines are dropped and counted. Lines that are empty, or that hold nothing but special tokens, are
+dropped and counted too: they give the model nothing to mask.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, IterableDataset
+
+from .data import (
+    DataError,
+    DataStats,
+    _apply,
+    _preprocess_dir,
+    _tensor,
+    check_column_type,
+    column_names,
+    pad_sequences,
+    resolve_column,
+)
+
+logger = logging.getLogger(__name__)
+
+UTF8_CHUNK = 1 << 20
+
+
+def first_undecodable_line(path: Path) -> tuple[int, int, str] | None:
+    """``(line number, byte offset, reason)`` of the first bytes of a file that are not UTF-8, or None.
+    Reads the file in chunks (a single 10 MB line is fine)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with open(path, "rb") as handle:
+        while chunk := handle.read(UTF8_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                position = offset + error.start
+                return line + chunk[: error.start].count(b"\n"), position, error.reason
+            offset += len(chunk)
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            return line, offset, f"{error.reason} at the end of the file"
+    return None
+
+
+def ensure_utf8(
+    files: Sequence[Path], skip_undecodable_lines: bool, cache_dir: str | os.PathLike | None
+) -> tuple[list[Path], int]:
+    """The text files to read, and how many lines were dropped for not decoding.
+
+    A file that is not valid UTF-8 raises :class:`DataError` naming it; with ``skip_undecodable_lines``
+    a cleaned copy without those lines is written to the preprocessing cache and read instead.
+    """
+    result, dropped = [], 0
+    for path in files:
+        problem = first_undecodable_line(path)
+        if problem is None:
+            result.append(path)
+            continue
+        line, offset, reason = problem
+        if not skip_undecodable_lines:
+            raise DataError(
+                f"text file {str(path)!r} is not valid UTF-8 ({reason} at line {line}, byte {offset}); "
+                "convert it (e.g. `iconv -f latin1 -t utf-8`) or pass --skip_undecodable_lines to drop "
+                "the lines that do not decode"
+            )
+        cleaned, count = _without_undecodable_lines(path, cache_dir)
+        logger.warning("%s: dropped %d line(s) that are not valid UTF-8", path, count)
+        result.append(cleaned)
+        dropped += count
+    return result, dropped
+
+
+def _without_undecodable_lines(path: Path, cache_dir: str | os.PathLike | None) -> tuple[Path, int]:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cleaned = _preprocess_dir(cache_dir) / f"utf8-{key}-{path.name}"
+    count = 0
+    temporary = cleaned.with_suffix(cleaned.suffix + f".{os.getpid()}.tmp")
+    with open(path, "rb") as source, open(temporary, "wb") as target:
+        for raw in source:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                count += 1
+                continue
+            target.write(raw)
+    os.replace(temporary, cleaned)  # atomic: several processes may clean the same file
+    return cleaned, count
+
+
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as RoBERTa; "<mask>" is the last id
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    min_frequency: int = 2,
+    model_max_length: int = 512,
+):
+    """Train a byte-level BPE tokenizer (RoBERTa-style) and wrap it as ``PreTrainedTokenizerFast``.
+
+    Specials: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3 and ``<mask>`` = the last id (as RoBERTa);
+    a small corpus can yield fewer merges than asked, so size the model's vocabulary with
+    ``len(tokenizer)``. ``tokenizer(text)`` adds ``<s> ... </s>``. Saved with ``save_pretrained(out_dir)``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((t for t in texts if t.strip()), trainer)
+    tokenizer.add_special_tokens(["<mask>"])
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=model_max_length,
+    )
+    if out_dir is not None:
+        wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def _texts(ds: Dataset | IterableDataset, column: str, max_lines: int | None) -> Iterator[str]:
+    for i, example in enumerate(ds.select_columns([column])):
+        if max_lines is not None and i >= max_lines:
+            return
+        yield example[column] or ""
+
+
+def load_or_train_tokenizer(
+    tokenizer_name_or_path: str | os.PathLike | None,
+    raw: Dataset | IterableDataset,
+    out_dir: str | os.PathLike,
+    *,
+    vocab_size: int = 8192,
+    text_column: str | None = None,
+    max_lines: int | None = 1_000_000,
+):
+    """The named tokenizer; else the one already trained in ``out_dir`` (resume); else train a byte-level
+    BPE on the first ``max_lines`` lines of ``raw`` and save it to ``out_dir``."""
+    from transformers import AutoTokenizer
+
+    if tokenizer_name_or_path:
+        return AutoTokenizer.from_pretrained(tokenizer_name_or_path)
+    if (Path(out_dir) / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(out_dir)
+    column = resolve_column(raw, text_column, "text")
+    train_bpe_tokenizer(_texts(raw, column, max_lines), vocab_size, out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)  # the same object type as on resume (stable cache hashes)
+
+
+def _not_empty(lines: list[str | None]) -> list[bool]:
+    return [bool(line and line.strip()) for line in lines]
+
+
+def _tokenize(lines: list[str], tokenizer: Any) -> dict[str, list]:
+    return {"ids": tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]}
+
+
+def _has_content(ids: list[list[int]], special: frozenset[int]) -> list[bool]:
+    """Lines with at least one token that is not a special token (only those can be masked)."""
+    return [any(token not in special for token in line) for line in ids]
+
+
+def _group(ids: list[list[int]], block_size: int, bos: int, eos: int) -> dict[str, list]:
+    """Join tokenized lines with ``</s>`` and cut the stream into ``<s> ... </s>`` blocks."""
+    stream = [token for line in ids for token in (*line, eos)]
+    body = block_size - 2
+    chunks = (stream[i : i + body] for i in range(0, len(stream), body))
+    return {"input_ids": [[bos, *chunk] + ([eos] if chunk[-1] != eos else []) for chunk in chunks]}
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, int]:
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    missing = [
+        n for n, i in (("bos/cls", bos), ("eos/sep", eos), ("pad", tokenizer.pad_token_id)) if i is None
+    ]
+    if tokenizer.mask_token_id is None:
+        missing.append("mask")
+    if missing:
+        raise DataError(
+            f"the tokenizer has no {', '.join(missing)} token; data2vec text pretraining needs them"
+        )
+    return bos, eos
+
+
+def prepare_text_dataset(
+    raw: Dataset | IterableDataset,
+    tokenizer: Any,
+    *,
+    max_seq_length: int = 512,
+    text_column: str | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    undecodable_lines: int = 0,
+) -> tuple[Dataset | IterableDataset, DataStats]:
+    """Drop empty lines and lines of special tokens only (counted), tokenize, and pack the token stream
+    into ``<s> ... </s>`` blocks of at most ``max_seq_length`` tokens (lines separated by ``</s>``).
+    Examples carry ``input_ids``. ``undecodable_lines`` (dropped earlier by :func:`ensure_utf8`) is
+    counted in the statistics."""
+    if max_seq_length < 3:
+        raise DataError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    column = resolve_column(raw, text_column, "text")
+    check_column_type(raw, column, "text")
+    bos, eos = _special_ids(tokenizer)
+    stats = DataStats("text", streaming=isinstance(raw, IterableDataset))
+    if undecodable_lines:
+        stats.skipped["undecodable"] = undecodable_lines
+    special = frozenset(tokenizer.all_special_ids)
+    if stats.streaming:
+        lines = raw.filter(
+            lambda line: stats.record("ok" if _not_empty([line])[0] else "empty"), input_columns=[column]
+        )
+        tokens = lines.map(
+            functools.partial(_tokenize, tokenizer=tokenizer), input_columns=[column], batched=True
+        )
+        tokens = tokens.filter(
+            lambda ids: _has_content([ids], special)[0] or not stats.skip("only_special_tokens"),
+            input_columns=["ids"],
+        )
+    else:
+        lines = _apply(
+            raw, "filter", _not_empty, cache_dir=cache_dir, num_proc=num_proc, desc="Dropping empty lines",
+            input_columns=[column], batched=True,
+        )  # fmt: skip
+        if len(raw) > len(lines):
+            stats.skipped["empty"] = len(raw) - len(lines)
+        tokens = _apply(
+            lines, "map", functools.partial(_tokenize, tokenizer=tokenizer), cache_dir=cache_dir,
+            num_proc=num_proc, desc="Tokenizing", input_columns=[column], batched=True,
+        )  # fmt: skip
+        with_content = _apply(
+            tokens, "filter", functools.partial(_has_content, special=special), cache_dir=cache_dir,
+            num_proc=num_proc, desc="Dropping lines of special tokens only", input_columns=["ids"], batched=True,
+        )  # fmt: skip
+        if len(tokens) > len(with_content):
+            stats.skipped["only_special_tokens"] = len(tokens) - len(with_content)
+        tokens = with_content
+        stats.kept = len(tokens)
+    group = functools.partial(_group, block_size=max_seq_length, bos=bos, eos=eos)
+    blocks = _apply(
+        tokens, "map", group, cache_dir=cache_dir, num_proc=num_proc, desc="Packing into blocks",
+        # (the columns are known: listing them from a stream would run it, and its counting filters, once more)
+        input_columns=["ids"], batched=True, remove_columns=[*column_names(raw), "ids"],
+    )  # fmt: skip
+    if not stats.streaming:
+        if len(blocks) == 0:
+            raise DataError(f"no text left to train on: {stats.summary()}")
+        stats.notes["blocks"] = len(blocks)
+        logger.info(stats.summary())
+    return blocks, stats
+
+
+@dataclass
+class TextCollator:
+    """Pads ``input_ids`` with ``pad_token_id``; returns ``input_ids`` and ``attention_mask`` (long)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: Sequence[dict[str, Any]], generators=None) -> dict[str, torch.Tensor]:
+        ids = [_tensor(e["input_ids"], np.int64) for e in examples]
+        input_ids, attention_mask = pad_sequences(ids, self.pad_token_id, self.pad_to_multiple_of)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
