@@ -186,8 +186,34 @@ def _not_empty(lines: list[str | None]) -> list[bool]:
     return [bool(line and line.strip()) for line in lines]
 
 
+LONG_LINE = 100_000  # characters; longer lines are tokenized in pieces cut before a space
+
+
+def _pieces(line: str) -> list[str]:
+    """A very long line (a 10 MB one-line file) in pieces of about :data:`LONG_LINE` characters, cut
+    right before a space so that the byte-level tokenizer splits them as it would the whole line;
+    the tokenizer then works on them in parallel."""
+    pieces, start = [], 0
+    while len(line) - start > LONG_LINE:
+        cut = line.find(" ", start + LONG_LINE)
+        if cut < 0:
+            break
+        pieces.append(line[start:cut])
+        start = cut
+    pieces.append(line[start:])
+    return pieces
+
+
 def _tokenize(lines: list[str], tokenizer: Any) -> dict[str, list]:
-    return {"ids": tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]}
+    pieces = [_pieces(line) for line in lines]
+    flat = tokenizer([p for line in pieces for p in line], add_special_tokens=False, verbose=False)[
+        "input_ids"
+    ]
+    ids, position = [], 0
+    for line in pieces:
+        ids.append([token for piece in flat[position : position + len(line)] for token in piece])
+        position += len(line)
+    return {"ids": ids}
 
 
 def _has_content(ids: list[list[int]], special: frozenset[int]) -> list[bool]:

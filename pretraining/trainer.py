@@ -418,8 +418,8 @@ class PretrainingLoop:
             return
         examples, self.nonfinite_examples = self.nonfinite_examples, []
         logger.warning(
-            "update %d skipped: NaN/inf loss in a batch of examples %s",
-            progress.num_updates + 1,
+            "NaN/inf loss: update skipped (%d in a row); the non-finite micro-batches held examples %s",
+            progress.nonfinite_in_row + 1,
             describe_examples(self.dataset, examples),
         )
         progress.nonfinite_in_row += 1
