@@ -604,7 +604,7 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
 
         # targets: padded positions are never regressed
         regress = mask if student_padding is None else mask & ~student_padding
-        with record_outputs([block.mlp for block in backbone.blocks]) as ffn_outputs:
+        with record_outputs([block.mlp for block in self.teacher.model.blocks]) as ffn_outputs:
             self.teacher.run(
                 backbone, **self.teacher_inputs(inputs, features.detach(), attention_mask, padding_mask)
             )

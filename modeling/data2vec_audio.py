@@ -182,8 +182,8 @@ class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrai
         encoded = encode_without_padding_leaks(backbone.encoder, student_input, frame_mask)
         prediction = self.final_proj(encoded[mask])
 
-        layers = backbone.encoder.layers
-        with record_outputs([layer.feed_forward for layer in layers]) as ffn_outputs:
+        teacher = self.teacher.model  # the averaged copy of the encoder (positional conv lent by the student)
+        with record_outputs([layer.feed_forward for layer in teacher.layers]) as ffn_outputs:
             self.teacher.run(
                 backbone.encoder, hidden.detach().clone(), frame_mask, call=encode_without_padding_leaks
             )

@@ -196,7 +196,7 @@ class Data2VecTextForPreTraining(Data2VecPreTrainingMixin, Data2VecTextPreTraine
         encoded = backbone(input_ids=student_ids, attention_mask=attention_mask).last_hidden_state
         prediction = self.regression_head(encoded[mask])
 
-        layers = backbone.encoder.layer
+        layers = self.teacher.model.encoder.layer  # the teacher's own (averaged) layers
         with record_outputs([layer.output.dense for layer in layers]) as ffn_outputs:
             self.teacher.run(backbone, input_ids=original_ids, attention_mask=attention_mask)
         target = self._targets(ffn_outputs)[mask]

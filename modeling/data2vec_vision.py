@@ -133,7 +133,7 @@ class Data2VecVisionForPreTraining(Data2VecPreTrainingMixin, Data2VecVisionPreTr
         encoded = backbone(pixel_values, bool_masked_pos=mask).last_hidden_state
         prediction = self.final_proj(encoded[:, 1:][mask])
 
-        layers = backbone.encoder.layer
+        layers = self.teacher.model.encoder.layer  # the teacher's own (averaged) blocks
         if self.config.end_of_block_targets:
             modules, transform = list(layers), None
         else:

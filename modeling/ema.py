@@ -3,19 +3,22 @@
 The teacher is an exponential moving average of (part of) the student: Δ ← τΔ + (1−τ)θ.
 Parameters the method *shares* between student and teacher (fairseq v1 audio shares the CNN
 feature encoder, the feature projection, the mask embedding and the positional convolution;
-text shares the embeddings) are not copied into the teacher at all: the teacher runs the
-student's module with its own averaged tensors swapped in (``torch.func.functional_call``),
-so shared tensors are read from the student at forward time and can never drift.
+text shares the embeddings) are not copied into the teacher at all: the teacher is a copy of the
+student module *without* them, and while it runs the student's shared submodules are lent to it
+(registered in the copy for the duration of the call). Shared tensors are therefore read from the
+student at forward time, are never duplicated and can never drift. Because the teacher is a module
+tree of its own, it can be sharded (FSDP) with the same policy as the student: the EMA update then
+pairs identically sharded tensors and stays shard-local.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 
 def annealed_ema_decay(num_updates: int, start: float, end: float, anneal_end_step: int) -> float:
@@ -26,15 +29,20 @@ def annealed_ema_decay(num_updates: int, start: float, end: float, anneal_end_st
     return float(end - (end - start) * (1.0 - num_updates / anneal_end_step))
 
 
-def _delete_by_name(root: nn.Module, name: str) -> None:
-    """Remove the submodule, parameter or buffer called ``name`` (dotted) from ``root``."""
+def _registry(root: nn.Module, name: str) -> tuple[dict, str]:
+    """The ``_modules``/``_parameters``/``_buffers`` dict of ``root`` that holds ``name`` (dotted)."""
     *path, leaf = name.split(".")
     parent = root.get_submodule(".".join(path)) if path else root
     for registry in (parent._modules, parent._parameters, parent._buffers):
         if leaf in registry:
-            del registry[leaf]
-            return
+            return registry, leaf
     raise KeyError(f"cannot share {name!r}: no such submodule, parameter or buffer")
+
+
+def _delete_by_name(root: nn.Module, name: str) -> None:
+    """Remove the submodule, parameter or buffer called ``name`` (dotted) from ``root``."""
+    registry, leaf = _registry(root, name)
+    del registry[leaf]
 
 
 class EMATeacher(nn.Module):
@@ -59,7 +67,13 @@ class EMATeacher(nn.Module):
         if fp32:
             model.float()
         # Registered as a submodule so the teacher is saved and loaded with the pretraining checkpoint.
-        self.model = model
+        self.model = model.eval()
+
+    def train(self, mode: bool = True):
+        """The teacher always runs in eval mode (no dropout, no layer drop)."""
+        super().train(mode)
+        self.model.eval()
+        return self
 
     def named_averaged_parameters(self):
         return self.model.named_parameters()
@@ -88,33 +102,48 @@ class EMATeacher(nn.Module):
             source = [s.to(t.dtype) for t, s in zip(teacher, source)]
         torch._foreach_lerp_(teacher, source, 1.0 - decay)
 
+    @contextmanager
+    def borrowing(self, student: nn.Module) -> Iterator[nn.Module]:
+        """Lend the student's shared submodules / tensors to the teacher copy for the duration (shared
+        modules in eval mode); yields the completed teacher module."""
+        lent = []
+        try:
+            for name in self.shared:
+                registry, leaf = _registry(student, name)
+                shared = registry[leaf]
+                *path, _ = name.split(".")
+                parent = self.model.get_submodule(".".join(path)) if path else self.model
+                if isinstance(shared, nn.Module):
+                    target = parent._modules
+                elif isinstance(shared, nn.Parameter):
+                    target = parent._parameters
+                else:
+                    target = parent._buffers
+                target[leaf] = shared
+                modes = {m: m.training for m in shared.modules()} if isinstance(shared, nn.Module) else {}
+                if isinstance(shared, nn.Module):
+                    shared.eval()
+                lent.append((target, leaf, modes))
+            yield self.model
+        finally:
+            for target, leaf, modes in lent:
+                del target[leaf]
+                for module, training in modes.items():
+                    module.training = training
+
     @torch.no_grad()
     def run(self, student: nn.Module, *args, call=None, **kwargs):
-        """Call ``student(*args, **kwargs)`` with the teacher's tensors in place of the averaged ones.
+        """Run the teacher — ``teacher(*args, **kwargs)``, or ``call(teacher, *args, **kwargs)`` for a
+        variant of its forward — with the student's shared parts lent to it.
 
-        ``call(student, *args, **kwargs)``, when given, replaces the plain module call (e.g. a
-        padding-aware variant of the student's forward). The student module is put in eval mode for
-        the call (no dropout, no layer drop), and restored afterwards.
+        When the student holds half-precision weights and the teacher fp32 ones, the call runs under
+        autocast to the student's dtype.
         """
         dtype = next(student.parameters()).dtype
-        tensors = {n: p if p.dtype == dtype else p.to(dtype) for n, p in self.model.named_parameters()}
-        module = student if call is None else _Call(student, call)
-        if call is not None:
-            tensors = {f"module.{n}": p for n, p in tensors.items()}
-        was_training = student.training
-        student.eval()
-        try:
-            return functional_call(module, tensors, args, kwargs, strict=False, tie_weights=False)
-        finally:
-            student.train(was_training)
-
-
-class _Call(nn.Module):
-    """``call(module, ...)`` as a module, so ``functional_call`` can swap ``module``'s tensors for it."""
-
-    def __init__(self, module: nn.Module, call):
-        super().__init__()
-        self.module, self.call = module, call
-
-    def forward(self, *args, **kwargs):
-        return self.call(self.module, *args, **kwargs)
+        teacher_dtype = next(self.model.parameters()).dtype
+        with self.borrowing(student) as teacher:
+            if dtype != teacher_dtype and dtype in (torch.float16, torch.bfloat16):
+                device = next(self.model.parameters()).device.type
+                with torch.autocast(device, dtype=dtype):
+                    return call(teacher, *args, **kwargs) if call else teacher(*args, **kwargs)
+            return call(teacher, *args, **kwargs) if call else teacher(*args, **kwargs)

@@ -80,11 +80,13 @@ def test_student_sees_only_kept_tokens_and_teacher_runs_once_per_sample(modality
     model, batch = build(modality)
     backbone = getattr(model, model.base_model_prefix)
     calls = []
-    handle = backbone.blocks[0].register_forward_pre_hook(
-        lambda module, args: calls.append(tuple(args[0].shape[:2]))
-    )
+    handles = [
+        blocks[0].register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape[:2])))
+        for blocks in (backbone.blocks, model.teacher.model.blocks)  # the student's, the teacher's own
+    ]
     out = model.eval()(**batch)
-    handle.remove()
+    for handle in handles:
+        handle.remove()
     cfg = model.config
     rows, length = out.mask.shape
     batch_size = next(iter(batch.values())).shape[0]

@@ -390,7 +390,7 @@ def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, c
         assert kept and all(p.name.startswith("step-") and (p / MANIFEST).exists() for p in kept)
         assert not (out / "config.json").exists()
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def test_sigterm_finishes_the_update_and_its_checkpoint(tmp_path):
