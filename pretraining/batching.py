@@ -4,8 +4,9 @@ fairseq forms audio batches by *duration*: examples are sorted by length (longes
 random), cut
 greedily into batches whose ``longest clip x clips`` stays under ``max_tokens`` samples, and the batches
 are shuffled; its collater then crops every clip of a batch to the shortest one. Batches of similar
-length are what make that crop cheap. :class:`LengthGroupedBatchSampler` does the same here,
-deterministically from ``(seed, epoch)`` so that a resumed run sees the same batches.
+length are what make that crop cheap. :class:`EpochBatchSampler` does the same here,
+deterministically from ``(seed, epoch)`` so that a resumed run sees the same batches, and deals the
+batches out over the processes itself (each process reads only its own examples).
 
 Every example also gets its own random generator, seeded by ``(seed, epoch, example index)``: crops and
 masks drawn from it do not depend on the batch size, the number of processes or DataLoader workers.
@@ -45,31 +46,37 @@ class WithIndex(Dataset):
 
 
 class WithCounter(IterableDataset):
-    """Streaming counterpart of :class:`WithIndex` (a running count per process)."""
+    """Streaming counterpart of :class:`WithIndex`: this process's running count ``n`` becomes the
+    index ``n * num_replicas + rank``, unique over the processes (and ``start`` resumes the count)."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, start: int = 0):
+        self.dataset, self.num_replicas, self.rank, self.start = dataset, num_replicas, rank, start
 
     def __iter__(self):
-        yield from enumerate(self.dataset)
+        for count, example in enumerate(self.dataset, start=self.start):
+            yield count * self.num_replicas + self.rank, example
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of examples of similar length, as fairseq builds them for audio.
+class EpochBatchSampler(Sampler[list[int]]):
+    """This process's batches of one epoch: grouped by length (fairseq's audio batching) or in random
+    order, packed under ``max_tokens`` and/or ``batch_size``, dealt out over the processes.
 
     Args:
         lengths: length of every example (audio: samples, already capped at the crop length).
         max_tokens: at most this many ``longest example x examples`` per batch (fairseq's ``max_tokens``).
         batch_size: at most this many examples per batch. At least one of the two must be given.
-        seed: with the epoch, fixes the tie-breaking among equal lengths and the order of the batches.
-        shuffle: shuffle the order of the batches every epoch (the batches themselves only differ in
-            which of several equally long examples they hold).
-        batches_per_update: batches are served in runs of this many neighbours (processes x
-            accumulation steps; accelerate deals them out one per process), so the examples of one update
-            are the same as with one process and one micro-batch that many times larger.
+        seed: with the epoch, fixes the order (tie-breaking among equal lengths) and the batch order.
+        shuffle: shuffle the batch order every epoch.
+        group_by_length: longest examples first, as fairseq's ``ordered_indices``; else a random order.
+        batches_per_update: micro-batches of one process per optimizer update (accumulation steps).
+        num_replicas / rank: the processes, and which one this is.
 
-    ``set_epoch`` (or the ``epoch`` attribute) selects the epoch. ``batch_size`` is ``None`` as an
-    attribute, which tells accelerate that batches vary in size when it shards them over processes.
+    One update takes ``num_replicas x batches_per_update`` neighbouring batches (process *r* gets the
+    *r*-th, *(r + num_replicas)*-th, ... of them), so an update holds the same examples however it is
+    split over processes and micro-batches. The processes read disjoint examples whose union is the
+    whole epoch, and all get the same number of batches: the last update's examples are re-split
+    evenly (merged with the one before if they are fewer than its batches). ``skip`` leaves out the
+    first batches of this process (a resumed epoch). ``set_epoch`` selects the epoch.
     """
 
     def __init__(
@@ -80,7 +87,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batch_size: int | None = None,
         seed: int = 0,
         shuffle: bool = True,
+        group_by_length: bool = True,
         batches_per_update: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
     ):
         if max_tokens is None and batch_size is None:
             raise ValueError("give max_tokens, batch_size or both")
@@ -91,9 +101,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
                 f"max_tokens={max_tokens} is smaller than the longest example ({longest} samples); "
                 "raise --max_tokens or lower --max_length_seconds"
             )
+        run = batches_per_update * num_replicas
+        if len(self.lengths) < run:
+            raise ValueError(
+                f"{len(self.lengths)} examples cannot fill {num_replicas} process(es) x {batches_per_update} "
+                "micro-batch(es) of one update"
+            )
         self.max_tokens, self.max_examples = max_tokens, batch_size
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
-        self.batches_per_update = batches_per_update
+        self.seed, self.shuffle, self.group_by_length, self.epoch = seed, shuffle, group_by_length, 0
+        self.batches_per_update, self.num_replicas, self.rank = batches_per_update, num_replicas, rank
+        self.skip = 0
         self.batch_size = None  # batches vary in size
         self.drop_last = False
 
@@ -103,20 +120,42 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def _generator(self) -> torch.Generator:
         return seeded_generator(self.seed, self.epoch, -1)  # example indices are >= 0
 
-    def batches(self) -> list[list[int]]:
-        """This epoch's batches, in the order they are served."""
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches of all processes, in the order they are dealt out."""
         generator = self._generator()
         permutation = torch.randperm(len(self.lengths), generator=generator)
-        # longest first, ties in random order (fairseq's ordered_indices); the last batch holds the shortest
-        order = permutation[
-            torch.sort(self.lengths[permutation], descending=True, stable=True).indices
-        ].tolist()
-        batches = self._pack(order)
+        if self.group_by_length:
+            # longest first, ties in random order (fairseq's ordered_indices)
+            permutation = permutation[
+                torch.sort(self.lengths[permutation], descending=True, stable=True).indices
+            ]
+        runs = self._runs(self._pack(permutation.tolist()))
         if self.shuffle:
-            step = self.batches_per_update
-            runs = [batches[i : i + step] for i in range(0, len(batches), step)]
-            batches = [b for i in torch.randperm(len(runs), generator=generator).tolist() for b in runs[i]]
-        return batches
+            runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
+        return [batch for run in runs for batch in run]
+
+    def batches(self) -> list[list[int]]:
+        """This process's batches of the epoch (after ``skip``)."""
+        size, replicas = self.batches_per_update * self.num_replicas, self.num_replicas
+        every = self.global_batches()
+        mine = [
+            batch
+            for start in range(0, len(every), size)
+            for batch in every[start + self.rank : start + size : replicas]
+        ]
+        return mine[self.skip :]
+
+    def _runs(self, batches: list[list[int]]) -> list[list[list[int]]]:
+        """Group batches by update; re-split the last, incomplete update evenly."""
+        size = self.batches_per_update * self.num_replicas
+        runs = [batches[i : i + size] for i in range(0, len(batches), size)]
+        if len(runs[-1]) < size:
+            pool = [index for batch in runs.pop() for index in batch]
+            if len(pool) < size:
+                pool = [index for batch in runs.pop() for index in batch] + pool
+            cuts = [round(i * len(pool) / size) for i in range(size + 1)]
+            runs.append([pool[cuts[i] : cuts[i + 1]] for i in range(size)])
+        return runs
 
     def _pack(self, order: list[int]) -> list[list[int]]:
         batches, current, longest = [], [], 0
@@ -138,8 +177,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         yield from self.batches()
 
     def __len__(self) -> int:
-        # the sorted sequence of lengths, hence the packing, is the same in every epoch
-        return len(self._pack(torch.sort(self.lengths, descending=True, stable=True).indices.tolist()))
+        return len(self.batches())
 
 
 def crop_waste(lengths: Sequence[int], crop_to_shortest: bool) -> tuple[int, int]:

@@ -83,10 +83,10 @@ def _problem_without_manifest(folder: Path) -> str | None:
     return f"{missing[0]} is missing" if missing else None
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, save=None) -> Path:
     """Write the full training state atomically: into a temporary folder, then one rename. A kill or a
     full disk during the save leaves the previous checkpoints intact (and the temporary folder is
-    removed when the save fails)."""
+    removed when the save fails). ``save(folder)`` writes the state (default: ``accelerator.save_state``)."""
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
     temporary = checkpoint_dir / f".incomplete-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
@@ -95,7 +95,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(temporary))
+        (save or (lambda folder: accelerator.save_state(str(folder))))(temporary)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_manifest(temporary)

@@ -35,9 +35,10 @@ def check_output_dir(args) -> Path:
     return output_dir
 
 
-def export(accelerator, model, processor, args, spec, progress, last_metrics: dict):
+def export(accelerator, unwrapped, processor, args, spec, progress, last_metrics: dict):
     """Write the student encoder (a plain transformers checkpoint for v1), its processor, the full
-    pretraining checkpoint in ``pretraining_model/`` and a model card; push when asked."""
+    pretraining checkpoint in ``pretraining_model/`` and a model card; push when asked. ``unwrapped`` is
+    the pretraining model with full tensors (on the main process)."""
     from data2vec_hf.hub import push_folder_to_hub
 
     if not accelerator.is_main_process:
@@ -46,7 +47,6 @@ def export(accelerator, model, processor, args, spec, progress, last_metrics: di
     temporary = output_dir / EXPORT_TEMPORARY
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        unwrapped = accelerator.unwrap_model(model)
         write_export(
             temporary, unwrapped, processor, args, spec, progress, last_metrics, accelerator.num_processes
         )

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
@@ -42,10 +42,11 @@ from .arguments import (
     check_overrides,
     parse_config_overrides,
 )
-from .batching import ExampleCollator, LengthGroupedBatchSampler, WithCounter, WithIndex, waste_fraction
+from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
 from .export import check_output_dir, export
 from .optim import build_optimizer, build_scheduler
+from .parallel import make_parallel
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 
@@ -229,43 +230,73 @@ def build_accelerator(args, output_dir: Path) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / "runs")
         ),
-        # a seeded sampler makes the data order a function of (seed, epoch), so resuming can skip batches
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
 
 
-def build_dataloader(spec: ModalitySpec, args, dataset, collator: ExampleCollator, num_processes: int):
-    """Random batches of ``--per_device_train_batch_size`` examples, or — where the modality groups by
-    length — batches of similar length bounded by ``--max_tokens`` and/or the batch size."""
-    common = dict(
-        collate_fn=collator,
-        num_workers=args.dataloader_num_workers,
-        # its own generator: creating an iterator (also when resuming) must not draw from the global RNG,
-        # whose restored state drives dropout after a resume
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        return DataLoader(
-            WithCounter(dataset), batch_size=args.per_device_train_batch_size or 8, **common
-        ), None
-    max_tokens = getattr(args, "max_tokens", None) or None
-    if spec.example_lengths is not None and getattr(args, "group_by_length", False):
-        sampler = LengthGroupedBatchSampler(
-            spec.example_lengths(args, dataset),
-            max_tokens=max_tokens,
-            batch_size=args.per_device_train_batch_size or (None if max_tokens else 8),
-            seed=args.seed,
-            batches_per_update=num_processes * args.gradient_accumulation_steps,
+class StreamingBatches:
+    """Batches of a streamed dataset: each process reads its own part of the stream
+    (``datasets.distributed.split_dataset_by_node``: its own shards, or every n-th example), resumes
+    by skipping exactly the examples it consumed, and the epoch ends for all processes when the first
+    one runs out (so no process waits for a partner that has no batch)."""
+
+    def __init__(self, dataset, args, collator, accelerator):
+        from datasets.distributed import split_dataset_by_node
+
+        self.accelerator, self.collator, self.args = accelerator, collator, args
+        self.batch_size = args.per_device_train_batch_size or 8
+        world, rank = accelerator.num_processes, accelerator.process_index
+        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
+
+    def epoch(self, epoch: int, skip_batches: int):
+        dataset = self.dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        skip = skip_batches * self.batch_size
+        if skip:
+            dataset = dataset.skip(skip)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        loader = DataLoader(
+            WithCounter(dataset, world, rank, start=skip),
+            batch_size=self.batch_size,
+            collate_fn=self.collator,
+            num_workers=self.args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(self.args.seed),  # not the global RNG (see above)
         )
-        return DataLoader(WithIndex(dataset), batch_sampler=sampler, **common), sampler
-    if max_tokens:
+        return self.synchronized(iter(loader))
+
+    def synchronized(self, batches):
+        while True:
+            batch = next(batches, None)
+            if self.accelerator.num_processes > 1:
+                has_batch = torch.tensor([0 if batch is None else 1], device=self.accelerator.device)
+                torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
+                if not int(has_batch):
+                    return
+            if batch is None:
+                return
+            yield batch
+
+
+def build_sampler(spec: ModalitySpec, args, dataset, accelerator) -> EpochBatchSampler:
+    """This process's batches of a map-style dataset: by duration where the modality groups by length
+    (``--max_tokens`` and/or the batch size), else random batches of ``--per_device_train_batch_size``."""
+    max_tokens = getattr(args, "max_tokens", None) or None
+    grouped = spec.example_lengths is not None and getattr(args, "group_by_length", False)
+    if max_tokens and not grouped:
         logger.info(
             "batches of --per_device_train_batch_size examples in random order: --max_tokens is not used"
         )
-    batch_size = args.per_device_train_batch_size or 8
-    return DataLoader(
-        WithIndex(dataset), batch_size=batch_size, shuffle=True, drop_last=False, **common
-    ), None
+        max_tokens = None
+    return EpochBatchSampler(
+        spec.example_lengths(args, dataset) if grouped else [1] * len(dataset),
+        max_tokens=max_tokens,
+        batch_size=args.per_device_train_batch_size or (None if max_tokens else 8),
+        seed=args.seed,
+        group_by_length=grouped,
+        batches_per_update=args.gradient_accumulation_steps,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,15 +330,28 @@ class PretrainingLoop:
             self.config = model.config
             dataset, collate, self.processor = spec.build_data(args, self.config, accelerator)
         self.collator = ExampleCollator(collate, spec.sample_masks[args.version], self.config, args.seed)
-        dataloader, self.batch_sampler = build_dataloader(
-            spec, args, dataset, self.collator, accelerator.num_processes
-        )
+        self.streaming = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
+        if self.streaming:
+            self.stream = StreamingBatches(dataset, args, self.collator, accelerator)
+        else:
+            self.batch_sampler = build_sampler(spec, args, dataset, accelerator)
+            self.dataloader = DataLoader(
+                WithIndex(dataset),
+                batch_sampler=self.batch_sampler,
+                collate_fn=self.collator,
+                num_workers=args.dataloader_num_workers,
+                # its own generator: creating an iterator (also when resuming) must not draw from the
+                # global RNG, whose restored state drives dropout after a resume
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+        self.parallel = make_parallel(accelerator)
+        self.parallel.shard(model)
         optimizer = build_optimizer(model, args)
         scheduler = build_scheduler(args, optimizer)
-        self.model, self.optimizer, self.dataloader, self.scheduler = accelerator.prepare(
-            model, optimizer, dataloader, scheduler
+        self.model, self.optimizer, self.scheduler, self.unwrapped = self.parallel.prepare(
+            model, optimizer, scheduler
         )
-        self.unwrapped = accelerator.unwrap_model(self.model)
+        logger.info("parallelism: %s", self.parallel.describe())
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.progress = Progress()
         accelerator.register_for_checkpointing(self.progress)
@@ -324,7 +368,7 @@ class PretrainingLoop:
         argument = self.args.resume_from_checkpoint
         for folder in resume_candidates(argument, self.checkpoint_dir):
             try:
-                self.accelerator.load_state(str(folder))
+                self.parallel.load(folder)
             except Exception as error:
                 if argument != "latest":
                     raise CheckpointError(
@@ -356,7 +400,9 @@ class PretrainingLoop:
         """Forward, statistics and backward of one micro-batch (the loss summed over masked positions)."""
         info = {key: batch.pop(key) for key in BATCH_INFO_KEYS if key in batch}
         with self.accelerator.accumulate(self.model):
-            out = self.model(**batch)
+            self.parallel.gradient_sync(self.model, self.accelerator.sync_gradients)
+            with self.parallel.forward_context():
+                out = self.model(**batch)
             loss_sum = out.loss * out.num_masked  # normalised by the global count in `update`
             finite = bool(torch.isfinite(loss_sum))
             if not finite and "example_index" in info:
@@ -401,7 +447,7 @@ class PretrainingLoop:
     def clip_gradients(self) -> float:
         """Clip to ``--max_grad_norm`` (0: no clipping); returns the norm before clipping."""
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
-        return float(self.accelerator.clip_grad_norm_(self.trainable, max_norm))
+        return self.parallel.clip(self.trainable, max_norm)
 
     def skip_update(self, totals: dict) -> None:
         """Drop the gradients of an update that had a non-finite loss (naming the examples of the bad
@@ -493,6 +539,13 @@ class PretrainingLoop:
 
     def end_epoch(self) -> None:
         progress = self.progress
+        if progress.batches_in_epoch % self.args.gradient_accumulation_steps:
+            # a stream ended inside an update: its unsynchronised micro-batches are dropped
+            logger.info("epoch %d ended inside an update: %d micro-batch(es) dropped", progress.epoch,
+                        progress.batches_in_epoch % self.args.gradient_accumulation_steps)  # fmt: skip
+            self.optimizer.zero_grad(set_to_none=True)
+            self.statistics.reduce(self.accelerator)
+            self.accelerator.step = 0
         if progress.audio_epoch[0] > 0:
             fraction = waste_fraction(*progress.audio_epoch)
             progress.audio_history.append((progress.epoch, fraction))
@@ -509,16 +562,18 @@ class PretrainingLoop:
     # ----------------------------------------------------------------------------------------- train
 
     def epoch_batches(self):
-        """This epoch's batches on this process, without those a resumed run already trained on."""
-        epoch = self.progress.epoch
+        """This epoch's batches on this process, on its device, without those a resumed run already
+        trained on."""
+        epoch, skip = self.progress.epoch, self.progress.batches_in_epoch
         self.collator.epoch = epoch
-        if self.batch_sampler is not None:
+        if self.streaming:
+            batches = self.stream.epoch(epoch, skip)
+        else:
             self.batch_sampler.set_epoch(epoch)
-        if hasattr(self.dataloader, "set_epoch"):
-            self.dataloader.set_epoch(epoch)
-        if self.progress.batches_in_epoch:
-            return self.accelerator.skip_first_batches(self.dataloader, self.progress.batches_in_epoch)
-        return self.dataloader
+            self.batch_sampler.skip = skip
+            batches = iter(self.dataloader)
+        for batch in batches:
+            yield send_to_device(batch, self.accelerator.device)
 
     def train(self) -> None:
         args, progress = self.args, self.progress
@@ -583,7 +638,8 @@ class PretrainingLoop:
         if progress.nonfinite_total:
             logger.warning("skipped %d update(s) with a NaN/inf loss", progress.nonfinite_total)
         accelerator.wait_for_everyone()
-        export(accelerator, self.model, self.processor, self.args, self.spec, progress, self.last_metrics)
+        full_model = self.parallel.full_model(self.model)  # collective when sharded
+        export(accelerator, full_model, self.processor, self.args, self.spec, progress, self.last_metrics)
         if accelerator.is_main_process:
             summary = {
                 "num_processes": accelerator.num_processes,

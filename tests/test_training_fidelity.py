@@ -26,7 +26,7 @@ from data2vec_hf.data2vec_audio import sample_audio_masks
 from data2vec_hf.losses import feature_std, regression_loss
 from data2vec_hf.pretraining import pretrain_audio, pretrain_vision
 from data2vec_hf.pretraining.arguments import apply_recipe_defaults, build_parser
-from data2vec_hf.pretraining.batching import LengthGroupedBatchSampler, example_generator
+from data2vec_hf.pretraining.batching import EpochBatchSampler, example_generator
 from data2vec_hf.pretraining.data import AudioCollator
 from data2vec_hf.pretraining.trainer import PretrainingLoop, UpdateStatistics, build_model, check_collapse
 
@@ -213,26 +213,47 @@ def test_a_clip_padded_in_a_batch_keeps_its_targets(version):
 
 def test_length_grouped_batches_follow_fairseq():
     """Longest first with ties in random order, greedy packing under max_tokens (longest x count), batch
-    order shuffled from the seed, and runs of batches_per_update kept together."""
+    order shuffled from the seed, and the batches of one update kept together."""
     lengths = [100, 300, 200, 300, 100, 250, 50, 120]
-    sampler = LengthGroupedBatchSampler(lengths, max_tokens=600, seed=3, shuffle=False)
+    sampler = EpochBatchSampler(lengths, max_tokens=600, seed=3, shuffle=False)
     batches = sampler.batches()
     assert sorted(i for b in batches for i in b) == list(range(8))
     for batch in batches:
         assert max(lengths[i] for i in batch) * len(batch) <= 600
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(lengths, reverse=True)
-    shuffled = LengthGroupedBatchSampler(lengths, max_tokens=600, seed=3)
+    shuffled = EpochBatchSampler(lengths, max_tokens=600, seed=3)
     assert sorted(map(tuple, shuffled.batches())) == sorted(map(tuple, batches))
-    assert shuffled.batches() == LengthGroupedBatchSampler(lengths, max_tokens=600, seed=3).batches()
+    assert shuffled.batches() == EpochBatchSampler(lengths, max_tokens=600, seed=3).batches()
     shuffled.set_epoch(1)
     assert len(shuffled) == len(batches)
     with pytest.raises(ValueError, match="max_tokens=200 is smaller than the longest example"):
-        LengthGroupedBatchSampler(lengths, max_tokens=200)
-    # one update = 2 batches of 2 gives the same examples as 1 batch of 4
-    big = LengthGroupedBatchSampler(lengths, batch_size=4, seed=5).batches()
-    small = LengthGroupedBatchSampler(lengths, batch_size=2, seed=5, batches_per_update=2).batches()
+        EpochBatchSampler(lengths, max_tokens=200)
+    # one update = 2 micro-batches of 2 gives the same examples as 1 batch of 4
+    big = EpochBatchSampler(lengths, batch_size=4, seed=5).batches()
+    small = EpochBatchSampler(lengths, batch_size=2, seed=5, batches_per_update=2).batches()
     assert [sorted(small[i] + small[i + 1]) for i in range(0, 4, 2)] == [sorted(b) for b in big]
+
+
+@pytest.mark.parametrize("size", [8, 9, 10, 13])
+@pytest.mark.parametrize("grouped", [True, False])
+def test_processes_read_disjoint_examples_that_cover_the_epoch(size, grouped):
+    """Two processes: disjoint examples, together the whole epoch, the same number of batches each; and,
+    where the epoch splits into whole updates both ways, every update holds the same examples as one
+    process with twice the batch (otherwise the last update is re-split and the order differs)."""
+    lengths = list(range(size, 0, -1))
+    common = dict(batch_size=2, seed=7, group_by_length=grouped)
+    ranks = [EpochBatchSampler(lengths, num_replicas=2, rank=r, **common).batches() for r in (0, 1)]
+    seen = [i for batches in ranks for batch in batches for i in batch]
+    assert sorted(seen) == list(range(size))  # disjoint and complete
+    assert len(ranks[0]) == len(ranks[1])
+    single = EpochBatchSampler(lengths, batch_size=4, seed=7, group_by_length=grouped).batches()
+    if size in (8, 10):
+        for update, batch in enumerate(single):
+            assert sorted(ranks[0][update] + ranks[1][update]) == sorted(batch)
+    resumed = EpochBatchSampler(lengths, num_replicas=2, rank=1, **common)
+    resumed.skip = 2
+    assert resumed.batches() == ranks[1][2:]
 
 
 def test_duration_batching_wastes_little_audio(tmp_path):
