@@ -518,7 +518,11 @@ class PretrainingLoop:
         if force or step % self.args.checkpointing_steps == 0 or step == self.args.max_train_steps:
             try:
                 save_checkpoint(
-                    self.accelerator, self.checkpoint_dir, step, self.args.checkpoints_total_limit
+                    self.accelerator,
+                    self.checkpoint_dir,
+                    step,
+                    self.args.checkpoints_total_limit,
+                    self.parallel.save,
                 )
             except CheckpointError as error:
                 raise TrainingStopped(str(error)) from error
