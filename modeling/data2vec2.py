@@ -23,6 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from .objective import Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin, Data2VecPreTrainingOutput
+from .remote_code import package_only
 from .targets import record_outputs
 
 DATA2VEC2_DOC = """
@@ -212,11 +213,29 @@ def dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """Mean squared error for one label (regression, e.g. STS-B), cross-entropy otherwise."""
-    if num_labels == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """The loss of a classification head, chosen by ``config.problem_type`` as transformers' heads do:
+    mean squared error for ``regression``, cross-entropy for ``single_label_classification``, binary
+    cross-entropy on the logits for ``multi_label_classification`` (labels: B x num_labels, 0/1 or soft).
+    When ``problem_type`` is unset it is inferred — one label: regression; integer labels: single-label;
+    otherwise multi-label — and stored in the config, so a saved checkpoint records it."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ValueError(f"unknown problem_type {config.problem_type!r}")
 
 
 class Data2Vec2Attention(nn.Module):
@@ -348,6 +367,36 @@ class Data2Vec2PreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^decoder\."]
     _no_split_modules = ["Data2Vec2Block"]
     _supports_sdpa = True
+
+    @package_only
+    def save_pretrained(self, save_directory, *args, remote_code: bool | None = None, **kwargs):
+        """``PreTrainedModel.save_pretrained``; with ``remote_code=True`` the folder also gets
+        self-contained configuration and modelling files and an ``auto_map``, so that transformers loads
+        it with ``trust_remote_code=True`` where data2vec_hf is not installed (see ``remote_code.py``).
+        Without it the config carries no ``auto_map`` (not even one read from a remote-code folder: it
+        would name files this folder does not have)."""
+        remote_code = getattr(self, "_push_remote_code", False) if remote_code is None else remote_code
+        stale = self.config.__dict__.pop("auto_map", None)
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if stale is not None:
+                self.config.auto_map = stale
+        if remote_code and kwargs.get("is_main_process", True):
+            from .remote_code import export_remote_code
+
+            export_remote_code(self, save_directory)
+        return result
+
+    @package_only
+    def push_to_hub(self, *args, remote_code: bool = False, **kwargs):
+        """``PreTrainedModel.push_to_hub``; ``remote_code=True`` uploads the files that
+        ``save_pretrained(..., remote_code=True)`` writes (push_to_hub saves through save_pretrained)."""
+        self._push_remote_code = remote_code
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            self._push_remote_code = False
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -168,5 +168,5 @@ class Data2Vec2TextForSequenceClassification(Data2Vec2PreTrainedModel):
         )
         x = self.dropout(out.last_hidden_state[:, 0])
         logits = self.out_proj(self.dropout(torch.tanh(self.dense(x))))
-        loss = None if labels is None else classification_loss(logits, labels, self.config.num_labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

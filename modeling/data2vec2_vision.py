@@ -191,5 +191,5 @@ class Data2Vec2VisionForImageClassification(Data2Vec2PreTrainedModel):
         out = self.data2vec2_vision(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         pooled = self.fc_norm(out.last_hidden_state[:, self.config.num_extra_tokens :].mean(1))
         logits = self.classifier(self.dropout(pooled))
-        loss = None if labels is None else classification_loss(logits, labels, self.config.num_labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
