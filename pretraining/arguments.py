@@ -122,6 +122,25 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
         help="overrides accelerate's config",
     )
     g.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute the student's block activations in the backward pass (less memory, ~30%% more time)",
+    )
+    g.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="compile the transformer blocks of student and teacher with torch.compile (dynamic shapes, so "
+        "clips of other lengths do not recompile)",
+    )
+    g.add_argument(
+        "--torch_compile_mode",
+        default=None,
+        help="torch.compile mode (default, reduce-overhead, max-autotune)",
+    )
+    g.add_argument(
+        "--torch_compile_backend", default="inductor", help="torch.compile backend (inductor, aot_eager, ...)"
+    )
+    g.add_argument(
         "--max_nonfinite_updates",
         type=int,
         default=5,

@@ -64,6 +64,10 @@ class FsdpRequest:
         classes = tuple(
             c.strip() for c in environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if c.strip()
         )
+        if environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
+            raise ConfigError(
+                "FSDP parameter offloading to the CPU is not supported by data2vec-hf's FSDP2 path"
+            )
         state_dict_type = environ.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT")
         if state_dict_type not in ("SHARDED_STATE_DICT", "FULL_STATE_DICT"):
             raise ConfigError(f"FSDP state dict type {state_dict_type} is not supported (SHARDED or FULL)")
@@ -146,7 +150,8 @@ class Sharded(Replicated):
     def describe(self) -> str:
         return (
             f"FSDP2 over {self.accelerator.num_processes} process(es): student and EMA teacher sharded per "
-            f"{', '.join(self.classes)} block ({self.request.state_dict_type.lower().replace('_', ' ')} checkpoints)"
+            f"{', '.join(self.classes)} ({self.request.state_dict_type.lower().replace('_', ' ')} checkpoints"
+            f"{', activation checkpointing' if self.request.activation_checkpointing else ''})"
         )
 
     def prepare(self, model, optimizer, scheduler):
@@ -160,7 +165,9 @@ class Sharded(Replicated):
         """``fully_shard`` student and teacher blocks, the teacher, then the root, in place."""
         from torch.distributed.fsdp import fully_shard
 
-        self.classes = block_classes(model, self.request.layer_classes)
+        self.classes = sorted(block_classes(model, self.request.layer_classes))
+        if self.request.activation_checkpointing and not model.is_gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         options = {"reshard_after_forward": self.request.reshard_after_forward}
         teacher = model.teacher.model
         for module in [*model.modules()]:

@@ -33,6 +33,7 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .arguments import (
     ConfigError,
@@ -217,6 +218,18 @@ def build_model(spec: ModalitySpec, args) -> nn.Module:
         raise ConfigError(f"the model cannot be built from this config: {error}") from error
 
 
+def speed_up(model: nn.Module, args) -> None:
+    """``--gradient_checkpointing`` (transformers' mechanism: every block is a GradientCheckpointingLayer;
+    the teacher runs without gradients, so only the student recomputes) and ``--torch_compile`` (each
+    transformer block of student and teacher, with dynamic shapes)."""
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.torch_compile:
+        for module in model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.compile(dynamic=True, mode=args.torch_compile_mode, backend=args.torch_compile_backend)
+
+
 def build_accelerator(args, output_dir: Path) -> Accelerator:
     return Accelerator(
         # without an accelerator device, several launched processes must still form a (gloo) group:
@@ -345,6 +358,7 @@ class PretrainingLoop:
                 generator=torch.Generator().manual_seed(args.seed),
             )
         self.parallel = make_parallel(accelerator)
+        speed_up(model, args)
         self.parallel.shard(model)
         optimizer = build_optimizer(model, args)
         scheduler = build_scheduler(args, optimizer)
@@ -626,6 +640,20 @@ class PretrainingLoop:
 
         signal.signal(signal.SIGTERM, request_stop)
 
+    def shard_sizes(self) -> dict[str, list[int]]:
+        """How many student and teacher parameter elements each process holds (all of them when
+        replicated, about 1/N when sharded)."""
+
+        def local(parameters) -> int:
+            return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in parameters)
+
+        teacher = list(self.unwrapped.teacher.parameters())
+        student = [p for n, p in self.unwrapped.named_parameters() if not n.startswith("teacher.")]
+        counts = torch.tensor([[local(student), local(teacher)]], device=self.accelerator.device)
+        gathered = self.accelerator.gather(counts).tolist()
+        return {"student": [row[0] for row in gathered], "teacher": [row[1] for row in gathered],
+                "student_total": sum(p.numel() for p in student), "teacher_total": sum(p.numel() for p in teacher)}  # fmt: skip
+
     def start_tracking(self) -> None:
         if self.args.with_tracking:
             self.accelerator.init_trackers(
@@ -642,11 +670,14 @@ class PretrainingLoop:
         if progress.nonfinite_total:
             logger.warning("skipped %d update(s) with a NaN/inf loss", progress.nonfinite_total)
         accelerator.wait_for_everyone()
+        sharding = self.shard_sizes()  # collective
         full_model = self.parallel.full_model(self.model)  # collective when sharded
         export(accelerator, full_model, self.processor, self.args, self.spec, progress, self.last_metrics)
         if accelerator.is_main_process:
             summary = {
                 "num_processes": accelerator.num_processes,
+                "parallelism": self.parallel.describe(),
+                "parameters_per_process": sharding,
                 "updates": progress.num_updates,
                 "skipped_nonfinite_updates": progress.nonfinite_total,
                 "first": progress.first_metrics,
