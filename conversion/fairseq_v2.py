@@ -15,7 +15,14 @@ Source formats (the ``data2vec_multi`` state dict, possibly nested in a fine-tun
   1e-6) on the mean of the patch tokens + ``head``; config in ``pretrained_model_args``;
 * ``data2vec_text_classification`` around it (``examples/data2vec/models/data2vec_text_classification.py``):
   ``model.*`` + a RoBERTa classification head ``classification_heads.<name>.{dense,out_proj}`` on the first
-  token; config in ``pretrained_model_args``.
+  token; config in ``pretrained_model_args``;
+* ``audio_classification`` around it (``examples/data2vec/models/audio_classification.py``, multi-label
+  audio tagging such as AudioSet): ``d2v_model.*`` + a per-frame ``proj`` (and ``proj2``) pooled over time
+  by its ``prediction_mode``; config in ``d2v_args``.
+
+The fine-tuning wrappers also carry the fine-tuning masks (``apply_mask``, ``mask_prob``, ``mask_length``,
+``mask_channel_prob``, ``mask_channel_length``), which fairseq hands to the data2vec_multi encoder; they
+become the config's SpecAugment fields, so that fine-tuning the converted model continues as fairseq did.
 
 One :class:`~.mapping.KeyMapping` per modality maps the ``data2vec_multi`` names onto the *pretraining*
 model's names; every export (encoder, pretraining, task heads) is an :class:`~.mapping.ExportView` of it
@@ -32,15 +39,12 @@ from dataclasses import dataclass, field
 import torch
 from data2vec_hf import (
     Data2Vec2AudioConfig,
-    Data2Vec2AudioForCTC,
     Data2Vec2AudioForPreTraining,
     Data2Vec2AudioModel,
     Data2Vec2TextConfig,
     Data2Vec2TextForPreTraining,
-    Data2Vec2TextForSequenceClassification,
     Data2Vec2TextModel,
     Data2Vec2VisionConfig,
-    Data2Vec2VisionForImageClassification,
     Data2Vec2VisionForPreTraining,
     Data2Vec2VisionModel,
 )
@@ -49,6 +53,7 @@ from data2vec_hf.data2vec2_vision import sincos_positions_2d
 from .checkpoint import plain
 from .core import Conversion, Options, Source, build_model
 from .fairseq_v1 import fairseq_state_dict
+from .fairseq_v2_heads import Head, audio_head, ctc_head, image_head, refuse_wrapper, text_head
 from .mapping import ConversionError, ExportView, KeyMapping, safe_literal
 from .processors import (
     IMAGENET_DEFAULT_MEAN,
@@ -65,15 +70,16 @@ MODEL_NAME = "data2vec_multi"
 CTC_WRAPPERS = ("wav2vec_ctc", "wav2vec2_ctc")
 IMAGE_CLASSIFIER = "mae_image_classification"
 TEXT_CLASSIFIER = "data2vec_text_classification"
-#: fine-tuning wrappers recognised around a data2vec_multi model but refused (see ``_refused_wrapper``)
-REFUSED_WRAPPERS = ("data2vec_image_classification", "audio_classification")
+AUDIO_CLASSIFIER = "audio_classification"
+#: fine-tuning wrappers recognised around a data2vec_multi model but refused (see ``refuse_wrapper``)
+REFUSED_WRAPPERS = ("data2vec_image_classification",)
 #: wrapper name → (config field holding the pretraining config, source-key prefix of the wrapped model)
 _WRAPPED = {
     **{name: ("w2v_args", "w2v_encoder.w2v_model.") for name in CTC_WRAPPERS},
     IMAGE_CLASSIFIER: ("pretrained_model_args", "model."),
     TEXT_CLASSIFIER: ("pretrained_model_args", "model."),
     "data2vec_image_classification": ("pretrained_model_args", "model."),
-    "audio_classification": ("d2v_args", "d2v_model."),
+    AUDIO_CLASSIFIER: ("d2v_args", "d2v_model."),
 }
 
 BLOCK = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
@@ -479,155 +485,6 @@ def model_from_fairseq_v2(checkpoint: Mapping):
     return model
 
 
-# ------------------------------------------------------------------------------------ fine-tuned heads
-
-
-@dataclass
-class Head:
-    """A fine-tuned task head: its model class, source → target rules and config fields."""
-
-    model_cls: type
-    export: str
-    kind: str
-    pipeline_tag: str
-    rules: list[tuple[str, str]]
-    targets: list[str]  # target prefixes of the head (kept by the task export, dropped by the encoder's)
-    config: dict
-    details: list[tuple[str, object]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def _refused_wrapper(fmt: Format) -> None:
-    if fmt.wrapper == "data2vec_image_classification":
-        raise ConversionError(
-            "data2vec_image_classification around data2vec_multi is not supported: its forward calls the "
-            "model without features_only, which fairseq cannot run for a data2vec_multi model (the decoder "
-            "is removed), and its fc_norm uses eps 1e-5 where Data2Vec2VisionForImageClassification uses "
-            "the encoder's; data2vec 2.0 image fine-tuning (the released *_imagenet_ft.pt) is "
-            "mae_image_classification"
-        )
-    if fmt.wrapper == "audio_classification":
-        raise ConversionError(
-            "audio_classification heads around data2vec_multi (examples/data2vec/models/"
-            "audio_classification.py: pooling before a one- or two-layer projection) have no "
-            "Data2Vec2AudioForSequenceClassification equivalent (projection before mean pooling)"
-        )
-
-
-def _ctc_head(fmt: Format, state: Mapping) -> Head:
-    proj = f"{fmt.prefix[: -len('w2v_model.')]}proj"  # w2v_encoder.proj
-    _require(f"{proj}.weight" in state, f"CTC checkpoint has no output projection {proj}")
-    num_labels = state[f"{proj}.weight"].shape[0]
-    cfg = fmt.wrapper_cfg
-    config = {
-        # fairseq's CTC blank is index 0; transformers' CTC uses pad_token_id as blank (see processors.py)
-        "vocab_size": num_labels,
-        "pad_token_id": 0,
-        "ctc_loss_reduction": "sum",
-    }
-    if cfg.get("final_dropout") is not None:
-        config["final_dropout"] = cfg["final_dropout"]
-    return Head(
-        Data2Vec2AudioForCTC,
-        "ctc",
-        "CTC fine-tuned",
-        "automatic-speech-recognition",
-        rules=[(rf"{re.escape(proj)}\.(weight|bias)", r"lm_head.\1")],
-        targets=["lm_head."],
-        config=config,
-        details=[("output labels (CTC)", num_labels)],
-    )
-
-
-def _image_head(fmt: Format, state: Mapping, model_cfg: Mapping) -> Head:
-    cfg = fmt.wrapper_cfg
-    mode = cfg.get("prediction_mode") or "MEAN_POOLING"
-    _require(
-        str(mode).upper().rsplit(".", 1)[-1] == "MEAN_POOLING",
-        f"mae_image_classification with prediction_mode={mode!r} is not supported: "
-        "Data2Vec2VisionForImageClassification mean-pools the patch tokens (MEAN_POOLING)",
-    )
-    _require(
-        cfg.get("use_fc_norm", True) and "fc_norm.weight" in state,
-        "mae_image_classification without fc_norm (use_fc_norm=False) is not supported: "
-        "Data2Vec2VisionForImageClassification always normalises the pooled features",
-    )
-    eps = model_cfg.get("norm_eps", 1e-6)
-    _require(
-        abs(eps - 1e-6) < 1e-12,
-        f"mae_image_classification's fc_norm uses eps 1e-6, the encoder norm_eps={eps}; "
-        "Data2Vec2VisionForImageClassification's fc_norm uses the encoder's eps",
-    )
-    _require("head.weight" in state, "the image classifier has no head.weight")
-    input_size = fmt.wrapper_task.get("input_size")
-    pretrained_size = (model_cfg.get("modalities") or {}).get("image", {}).get("input_size", 224)
-    _require(
-        input_size in (None, pretrained_size),
-        f"fine-tuned at {input_size}px on a {pretrained_size}px model (interpolated positions) is not supported",
-    )
-    num_labels = state["head.weight"].shape[0]
-    return Head(
-        Data2Vec2VisionForImageClassification,
-        "image-classification",
-        "image-classification fine-tuned",
-        "image-classification",
-        rules=[(r"fc_norm\.(weight|bias)", r"fc_norm.\1"), (r"head\.(weight|bias)", r"classifier.\1")],
-        targets=["fc_norm.", "classifier."],
-        config={"num_labels": num_labels, "classifier_dropout": 0.0},
-        details=[("classes", num_labels), ("head", "mean of patch tokens → fc_norm → linear")],
-        notes=[
-            "class names are not stored in the file: labels are LABEL_0 … LABEL_N, in the order of the "
-            "training set's classes (for ImageNet-1k models the standard class order)"
-        ],
-    )
-
-
-def _text_head(fmt: Format, state: Mapping, hidden_size: int) -> Head:
-    cfg = fmt.wrapper_cfg
-    heads = sorted({m[1] for k in state if (m := re.match(r"^classification_heads\.([^.]+)\.", k))})
-    _require(heads, "the text classifier has no classification_heads.* tensors")
-    _require(
-        len(heads) == 1,
-        f"several classification heads ({', '.join(heads)}); Data2Vec2TextForSequenceClassification has one",
-    )
-    name = heads[0]
-    head = f"classification_heads.{name}."
-    activation = cfg.get("pooler_activation_fn", "tanh")
-    _require(
-        activation == "tanh",
-        f"pooler_activation_fn={activation!r} is not supported: "
-        "Data2Vec2TextForSequenceClassification's head uses tanh",
-    )
-    _require(
-        not cfg.get("spectral_norm_classification_head"),
-        "a spectral-normalised classification head is not supported",
-    )
-    _require(
-        f"{head}dense.weight" in state and f"{head}out_proj.weight" in state, f"{head}dense/out_proj missing"
-    )
-    inner = state[f"{head}dense.weight"].shape[0]
-    _require(
-        inner == hidden_size,
-        f"classification head inner dim {inner} != hidden size {hidden_size}: "
-        "Data2Vec2TextForSequenceClassification's dense layer is hidden → hidden",
-    )
-    num_labels = state[f"{head}out_proj.weight"].shape[0]
-    return Head(
-        Data2Vec2TextForSequenceClassification,
-        "sequence-classification",
-        "sentence-classification fine-tuned",
-        "text-classification",
-        rules=[(rf"{re.escape(head)}(dense|out_proj)\.(weight|bias)", r"\1.\2")],
-        targets=["dense.", "out_proj."],
-        config={"num_labels": num_labels, "classifier_dropout": cfg.get("pooler_dropout", 0.0)},
-        details=[("labels", num_labels), ("fairseq head", name)],
-        notes=[
-            "label names are not stored in the file: labels are LABEL_0 … LABEL_N in the fine-tuning "
-            "data's label-dictionary order" + (" (one output: a regression head)" if num_labels == 1 else "")
-        ],
-    )
-
-
 # ----------------------------------------------------------------------------------------- converter
 
 
@@ -716,7 +573,8 @@ def _notes(modality: str, export: str) -> list[str]:
 
 def convert_v2(source: Source, options: Options) -> Conversion:
     """data2vec 2.0 (``data2vec_multi``): pretrained (audio, image, text), CTC fine-tuned audio,
-    ``mae_image_classification`` and ``data2vec_text_classification`` fine-tuned models."""
+    ``audio_classification``, ``mae_image_classification`` and ``data2vec_text_classification`` fine-tuned
+    models."""
     _require(
         source.sections is not None,
         "the file has no fairseq config; pass the model config with --model_config",
@@ -727,7 +585,7 @@ def convert_v2(source: Source, options: Options) -> Conversion:
         _require(
             name in (None, MODEL_NAME),
             f"fairseq model {name!r} is not a data2vec 2.0 model (data2vec_multi, or wav2vec_ctc / "
-            f"{IMAGE_CLASSIFIER} / {TEXT_CLASSIFIER} around one)",
+            f"{IMAGE_CLASSIFIER} / {TEXT_CLASSIFIER} / {AUDIO_CLASSIFIER} around one)",
         )
         fmt = Format(None, dict(source.sections[0]), dict(source.sections[1]))
     model_cfg = {**fmt.model_cfg, **options.model_config}
@@ -754,16 +612,19 @@ def convert_v2(source: Source, options: Options) -> Conversion:
 
     head = None
     if fmt.wrapper in REFUSED_WRAPPERS:
-        _refused_wrapper(fmt)
+        refuse_wrapper(fmt)
     elif fmt.wrapper in CTC_WRAPPERS:
         _require(modality == "AUDIO", f"a CTC model around a {modality} data2vec_multi model")
-        head = _ctc_head(fmt, state)
+        head = ctc_head(fmt, state)
     elif fmt.wrapper == IMAGE_CLASSIFIER:
         _require(modality == "IMAGE", f"an image classifier around a {modality} data2vec_multi model")
-        head = _image_head(fmt, state, model_cfg)
+        head = image_head(fmt, state, model_cfg)
     elif fmt.wrapper == TEXT_CLASSIFIER:
         _require(modality == "TEXT", f"a text classifier around a {modality} data2vec_multi model")
-        head = _text_head(fmt, state, model_cfg["embed_dim"])
+        head = text_head(fmt, state, model_cfg["embed_dim"])
+    elif fmt.wrapper == AUDIO_CLASSIFIER:
+        _require(modality == "AUDIO", f"an audio classifier around a {modality} data2vec_multi model")
+        head = audio_head(fmt, state, (model_cfg.get("modalities") or {}).get("audio") or {})
 
     export = (head.export if head is not None else "encoder") if options.export == "auto" else options.export
     _require(

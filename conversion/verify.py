@@ -314,6 +314,9 @@ def _fairseq_v2_outputs(fairseq_model, conversion, inputs: dict) -> dict:
     elif hasattr(fairseq_model, "head"):  # mae_image_classification
         results["logits"] = fairseq_model(source)
         inner = fairseq_model.model
+    elif hasattr(fairseq_model, "d2v_model"):  # audio_classification: returns probabilities without labels
+        results["probabilities"] = fairseq_model(source, None)
+        inner = fairseq_model.d2v_model
     else:
         inner = fairseq_model
     padding = source.eq(conversion.model.config.pad_token_id) if conversion.modality == "text" else None
@@ -348,6 +351,8 @@ def _our_outputs(conversion, inputs: dict) -> dict:
         results = {"features.x": hidden[:, backbone.config.num_extra_tokens :]}
         if any(hasattr(model, head) for head in ("lm_head", "classifier", "out_proj")):
             results["logits"] = model(source).logits
+            if model.config.problem_type == "multi_label_classification":
+                results["probabilities"] = results["logits"].sigmoid()
         return results
     if conversion.modality == "audio":
         results = {"features.x": _backbone(model, "data2vec_audio")(inputs["source"]).last_hidden_state}
