@@ -75,6 +75,14 @@ class ModelArguments:
             "is not a local folder)"
         },
     )
+    remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "data2vec 2.0: also write self-contained configuration and modelling files and an auto_map "
+            "into --output_dir (and push them), so that transformers loads the model with "
+            "trust_remote_code=True where data2vec_hf is not installed"
+        },
+    )
 
 
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
@@ -166,8 +174,8 @@ def load_config(model_args: ModelArguments, **kwargs: Any):
         **kwargs,
     )
     if unused:
-        # e.g. SpecAugment or feat_proj_dropout for a data2vec 2.0 speech model, which has neither: the
-        # config drops them, so say so instead of silently training without them
+        # e.g. feat_proj_dropout for a data2vec 2.0 speech model, which has none: the config drops it,
+        # so say so instead of silently training without it
         logger.warning(
             f"{type(config).__name__} ({config.model_type}) has no field(s) {', '.join(sorted(unused))}: "
             "ignored"
@@ -474,6 +482,9 @@ def write_card_and_push(
     config = trainer.model.config
     version = data2vec_version(config)
     model_name = hub.repo_id
+    remote_code = model_args.remote_code and write_remote_code(trainer.model, output_dir, version)
+    if remote_code:  # the card's usage loads the folder's own code instead of importing data2vec_hf
+        usage = usage.replace('model="{model}"', 'model="{model}", trust_remote_code=True')
     # combined_score (run_glue's mean of several metrics) stays in the JSON files, not in the card
     results = [(split, {k: v for k, v in m.items() if k != "combined_score"}) for split, m in results]
     metric_types = sorted({METRIC_NAMES.get(k, (k, k))[0] for _, metrics in results for k in metrics})
@@ -496,7 +507,7 @@ def write_card_and_push(
         model_type=config.model_type,
         architecture=type(trainer.model).__name__,
         dataset=dataset.name,
-        usage=usage.format(model=model_name, import_data2vec_hf=_import_line(version)),
+        usage=usage.format(model=model_name, import_data2vec_hf="" if remote_code else _import_line(version)),
         training_table=training_table(trainer, extra_training),
         results_table=[
             (split, METRIC_NAMES.get(key, (key, key))[1], f"{value:.4f}")
@@ -517,6 +528,22 @@ def write_card_and_push(
         )
         logger.info(f"Pushed {output_dir} to {info.commit_url}")
     return path
+
+
+def write_remote_code(model, output_dir: Path, version: str) -> bool:
+    """``--remote_code``: the generated modelling files and ``auto_map`` next to the saved model (see
+    ``data2vec_hf.remote_code``); False, with a warning, where there is nothing to do."""
+    if version != "2.0":
+        logger.warning("--remote_code ignored: a data2vec 1.0 model loads in plain transformers already")
+        return False
+    if not (output_dir / "config.json").is_file():
+        logger.warning(f"--remote_code ignored: no model was saved in {output_dir} (train with --do_train)")
+        return False
+    from data2vec_hf.remote_code import export_remote_code
+
+    files = export_remote_code(model, output_dir)
+    logger.info(f"wrote {', '.join(p.name for p in files)} and the auto_map of {output_dir / 'config.json'}")
+    return True
 
 
 def _import_line(version: str) -> str:

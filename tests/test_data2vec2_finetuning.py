@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import data2vec_hf
@@ -20,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_data2vec2 import audio_config, text_config, vision_config
+from test_hub import DUMMY_TOKEN, hub  # noqa: F401  (the stand-in fixture)
 
 NO_DROPOUT = dict(
     hidden_dropout=0.0,
@@ -264,3 +266,43 @@ def test_mean_pooling_unchanged():
         assert torch.allclose(model(**inputs).logits, expected, atol=1e-6)
     with pytest.raises(ValueError, match="classifier_pooling"):
         head("audio", classifier_pooling="max")
+
+
+# ------------------------------------------------------------------------- fine-tuning scripts: --remote_code
+
+
+def test_finetuning_script_writes_and_pushes_remote_code(tmp_path, hub):  # noqa: F811
+    """``--remote_code``: the fine-tuned 2.0 folder gets its own code and auto_map, the one-commit push
+    carries them, and the card's usage loads the folder with ``trust_remote_code=True``."""
+    from data2vec_hf.finetuning import common, finetune_glue
+    from test_finetuning import TRAINING, WORDS, fox_rows, write_csv
+    from test_remote_code import save_processors
+    from transformers import AutoModelForSequenceClassification
+
+    encoder = tmp_path / "encoder"
+    torch.manual_seed(0)
+    config = text_config(**NO_DROPOUT, vocab_size=4 + len(WORDS), max_position_embeddings=40)
+    data2vec_hf.Data2Vec2TextModel(config).save_pretrained(encoder)
+    save_processors(encoder, "text", "encoder", words=WORDS)
+    train = write_csv(tmp_path / "train.csv", fox_rows(16, seed=1))
+    out = tmp_path / "out"
+    finetune_glue.main(
+        ["--model_name_or_path", str(encoder), "--task_name", "mrpc", "--train_file", str(train),
+         "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "8", "--output_dir", str(out),
+         "--remote_code", "--push_to_hub", "--hub_model_id", "someone/d2v2-mrpc", "--hub_token", DUMMY_TOKEN,
+         *TRAINING]
+    )  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == (
+        "modeling_data2vec2_text.Data2Vec2TextForSequenceClassification"
+    )
+    (commit,) = hub.commits
+    assert {"modeling_data2vec2_text.py", "configuration_data2vec2_text.py", "config.json"} <= set(
+        commit["files"]
+    )
+    card = (out / "README.md").read_text()
+    assert 'model="someone/d2v2-mrpc", trust_remote_code=True' in card and "import data2vec_hf" not in card
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    assert type(model) is data2vec_hf.Data2Vec2TextForSequenceClassification
+    # a 1.0 model needs no code of its own: the option is ignored
+    assert common.write_remote_code(model, out, "1.0") is False

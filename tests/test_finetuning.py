@@ -587,14 +587,11 @@ def test_asr_ctc_finetuning(version, pretrained, hub, tmp_path, caplog):  # noqa
     assert config["architectures"] == [ARCHITECTURE[version]["audio"]]
     assert config["vocab_size"] == len(vocabulary)
     assert config["pad_token_id"] == 0 and config["ctc_loss_reduction"] == "mean"
-    # SpecAugment: 1.0's CTC model has it; 2.0's has no such field, and the script says it is ignored
+    # SpecAugment: both versions' CTC models have it (2.0: the masks of fairseq's 2.0 fine-tuning)
     ignored = [
         r.getMessage() for r in caplog.records if r.name == common.__name__ and "ignored" in r.getMessage()
     ]
-    if version == 1:
-        assert config["mask_time_prob"] == 0.05 and not ignored
-    else:
-        assert "mask_time_prob" not in config and any("mask_time_prob" in m for m in ignored), ignored
+    assert config["mask_time_prob"] == 0.05 and not ignored
 
     # --freeze_feature_encoder (default): the convolutional feature encoder is untouched, the rest trained
     before, after = load_file(pretrained_dir / "model.safetensors"), load_file(out / "model.safetensors")

@@ -30,6 +30,7 @@ from data2vec_hf.data2vec_audio import num_frames
 from data2vec_hf.remote_code import ALLOWED_IMPORTS, auto_map, generate
 from safetensors.torch import load_file, save_file
 from test_data2vec2 import audio_config, text_config, vision_config
+from test_hub import DUMMY_TOKEN, hub  # noqa: F401  (the stand-in fixture)
 from transformers import (
     AutoModel,
     AutoModelForAudioClassification,
@@ -98,7 +99,7 @@ def outputs_of(model, inputs: dict, mask=None) -> dict[str, torch.Tensor]:
     return {name: out[name].detach() for name in names if out.get(name) is not None}
 
 
-def save_processors(folder: Path, modality: str, kind: str) -> None:
+def save_processors(folder: Path, modality: str, kind: str, words=WORDS) -> None:
     """What the pipelines need next to the model: tokenizer, feature extractor / CTC processor, image
     processor — all built offline."""
     from transformers import (
@@ -112,7 +113,7 @@ def save_processors(folder: Path, modality: str, kind: str) -> None:
     if modality == "text":
         from tokenizers import Tokenizer, models, pre_tokenizers
 
-        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
         backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
         backend.pre_tokenizer = pre_tokenizers.Whitespace()
         tokenizer = PreTrainedTokenizerFast(
@@ -421,3 +422,21 @@ def test_remote_code_folders_load_where_data2vec_hf_is_imported(exported):
         assert remote_cls is not type(model) and remote_cls.__module__.startswith("transformers_modules.")
         for key, value in outputs_of(remote, inputs, mask).items():
             assert (value - expected[key]).abs().max() <= TOLERANCE
+
+
+def test_push_to_hub_with_remote_code(exported, hub, monkeypatch):  # noqa: F811
+    """``push_to_hub(..., remote_code=True)`` uploads the generated files with the weights, in one commit."""
+    from huggingface_hub import ModelCard
+    from transformers.utils import hub as transformers_hub
+
+    # transformers first reads an existing card from the real Hub's address: start from an empty one
+    monkeypatch.setattr(transformers_hub, "create_and_tag_model_card", lambda *a, **k: ModelCard("# card"))
+    _, models = exported
+    models["vision-classification"].push_to_hub("someone/d2v2-vision", token=DUMMY_TOKEN, remote_code=True)
+    (commit,) = hub.commits
+    files = commit["files"]
+    assert {"modeling_data2vec2_vision.py", "configuration_data2vec2_vision.py", "config.json"} <= set(files)
+    assert json.loads(files["config.json"])["auto_map"]["AutoModelForImageClassification"] == (
+        "modeling_data2vec2_vision.Data2Vec2VisionForImageClassification"
+    )
+    assert not getattr(models["vision-classification"], "_push_remote_code", False)
