@@ -47,14 +47,16 @@ class WithIndex(Dataset):
 
 class WithCounter(IterableDataset):
     """Streaming counterpart of :class:`WithIndex`: this process's running count ``n`` becomes the
-    index ``n * num_replicas + rank``, unique over the processes (and ``start`` resumes the count)."""
+    index ``n * num_replicas + rank``, unique over the processes. ``skip`` passes over the first examples
+    of this process's stream (those a resumed run already trained on)."""
 
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, start: int = 0):
-        self.dataset, self.num_replicas, self.rank, self.start = dataset, num_replicas, rank, start
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, skip: int = 0):
+        self.dataset, self.num_replicas, self.rank, self.skip = dataset, num_replicas, rank, skip
 
     def __iter__(self):
-        for count, example in enumerate(self.dataset, start=self.start):
-            yield count * self.num_replicas + self.rank, example
+        for count, example in enumerate(self.dataset):
+            if count >= self.skip:
+                yield count * self.num_replicas + self.rank, example
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -227,9 +227,9 @@ class Sharded(Replicated):
         return plain
 
 
-def make_parallel(accelerator) -> Replicated:
-    """The strategy for this run: sharded when an FSDP request is in the environment."""
-    request = FsdpRequest.from_environment()
+def make_parallel(accelerator, request: FsdpRequest | None) -> Replicated:
+    """The strategy for this run: sharded when FSDP was requested (:meth:`FsdpRequest.from_environment`,
+    read before the accelerator is built, so that a request we cannot honour fails first and clearly)."""
     if request is None:
         return Replicated(accelerator)
     if accelerator.num_processes < 2:

@@ -47,7 +47,7 @@ from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
 from .export import check_output_dir, export
 from .optim import build_optimizer, build_scheduler
-from .parallel import make_parallel
+from .parallel import FsdpRequest, make_parallel
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 
@@ -264,12 +264,11 @@ class StreamingBatches:
         dataset = self.dataset
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
+        # (``dataset.skip`` would count the examples of the whole stream, before the split by process)
         skip = skip_batches * self.batch_size
-        if skip:
-            dataset = dataset.skip(skip)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         loader = DataLoader(
-            WithCounter(dataset, world, rank, start=skip),
+            WithCounter(dataset, world, rank, skip=skip),
             batch_size=self.batch_size,
             collate_fn=self.collator,
             num_workers=self.args.dataloader_num_workers,
@@ -330,6 +329,7 @@ class PretrainingLoop:
         self.callbacks = list(callbacks or [])
         self.output_dir = check_output_dir(args)
         self.checkpoint_dir = self.output_dir / "checkpoints"
+        fsdp = FsdpRequest.from_environment()  # before accelerate's own FSDP plugin can object
         self.accelerator = accelerator = build_accelerator(args, self.output_dir)
         set_seed(args.seed)
         logger.info(
@@ -357,7 +357,7 @@ class PretrainingLoop:
                 # global RNG, whose restored state drives dropout after a resume
                 generator=torch.Generator().manual_seed(args.seed),
             )
-        self.parallel = make_parallel(accelerator)
+        self.parallel = make_parallel(accelerator, fsdp)
         speed_up(model, args)
         self.parallel.shard(model)
         optimizer = build_optimizer(model, args)

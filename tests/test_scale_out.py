@@ -1,0 +1,332 @@
+"""Scale-out and speed: FSDP2 with a sharded EMA teacher, per-process data, multi-node, precision,
+gradient checkpointing and compilation — on CPU, with gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_pretraining_scripts import ROOT, TINY_TEXT, TINY_V2, audio_folder  # noqa: E402
+from test_training_fidelity import NO_DROPOUT_V2, one_update, parse, reset_accelerate  # noqa: E402
+
+V2_AUDIO = TINY_V2["audio"] + NO_DROPOUT_V2
+V1_TEXT = TINY_TEXT + ",hidden_dropout_prob=0.0,attention_probs_dropout_prob=0.0"
+FSDP = [
+    "--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+    "--fsdp_state_dict_type", "SHARDED_STATE_DICT",
+]  # fmt: skip
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def port() -> str:
+    return str(29000 + (os.getpid() * 7 + int(time.time() * 1000)) % 900)
+
+
+def launch(script: str, args: list[str], how: list[str], **popen):
+    """``accelerate launch`` with two CPU processes: ``how`` is ``FSDP`` or ``["--multi_gpu"]`` (DDP)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port(),
+        str(ROOT / "pretraining" / script), *args,
+    ]  # fmt: skip
+    if popen:
+        return subprocess.Popen(command, env=ENV, cwd=ROOT, start_new_session=True, **popen)
+    result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "train_summary.json").read_text())
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "pretraining_model" / "model.safetensors")
+
+
+def worst_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "train.txt"
+    path.write_text(
+        "\n".join(f"the quick brown fox number {i} jumps over the lazy dog {i % 7}" for i in range(120))
+    )
+    return path
+
+
+def text_args(out: Path, text_file: Path, steps: int = 5) -> list[str]:
+    return [
+        "--output_dir", str(out), "--train_file", str(text_file), "--config_overrides", V1_TEXT,
+        "--max_seq_length", "64", "--bpe_vocab_size", "300", "--max_train_steps", str(steps),
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--cache_dir", str(out.parent / "cache"),
+    ]  # fmt: skip
+
+
+def audio_args(out: Path, data: Path, steps: int = 12) -> list[str]:
+    return [
+        "--output_dir", str(out), "--train_dir", str(data), "--version", "2", "--config_overrides", V2_AUDIO,
+        "--min_length_seconds", "0", "--max_train_steps", str(steps), "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-3", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5",
+        "--logging_steps", "1", "--cache_dir", str(out.parent / "cache"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def audio_runs(tmp_path_factory):
+    """The same 2.0 audio run with FSDP2 and with DDP (two gloo processes each)."""
+    root = tmp_path_factory.mktemp("audio")
+    data = audio_folder(root / "data", count=12, seconds=(0.4, 0.6))
+    launch("pretrain_audio.py", audio_args(root / "fsdp", data), FSDP)
+    launch("pretrain_audio.py", audio_args(root / "ddp", data), ["--multi_gpu"])
+    return root, data
+
+
+def assert_sharded(out: Path):
+    counts = summary(out)["parameters_per_process"]
+    for part in ("student", "teacher"):
+        local, total = counts[part], counts[f"{part}_total"]
+        assert sum(local) == total and all(0.4 * total <= n <= 0.6 * total for n in local), (part, counts)
+
+
+def test_fsdp_equals_ddp_and_shards_student_and_teacher_v2(audio_runs):
+    root, _ = audio_runs
+    fsdp, ddp = root / "fsdp", root / "ddp"
+    assert "FSDP2 over 2 process(es)" in summary(fsdp)["parallelism"]
+    assert "replicated" in summary(ddp)["parallelism"]
+    assert_sharded(fsdp)
+    assert (
+        summary(ddp)["parameters_per_process"]["teacher"]
+        == [summary(ddp)["parameters_per_process"]["teacher_total"]] * 2
+    )
+    assert worst_difference(weights(fsdp), weights(ddp)) <= 1e-5  # student and teacher
+    checkpoint = fsdp / "checkpoints" / "step-12"
+    shards = sorted(p.name for p in (checkpoint / "sharded_model").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+def test_fsdp_resume_after_sigkill_matches_the_uninterrupted_run(audio_runs):
+    root, data = audio_runs
+    killed = root / "killed"
+    process = launch(
+        "pretrain_audio.py",
+        audio_args(killed, data),
+        FSDP,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-3").exists():
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "checkpoints" / "step-12").exists()
+    launch("pretrain_audio.py", audio_args(killed, data) + ["--resume_from_checkpoint", "latest"], FSDP)
+    assert summary(killed)["updates"] == 12
+    assert worst_difference(weights(killed), weights(root / "fsdp")) <= 1e-6
+
+
+def test_fsdp_export_loads_in_a_fresh_process(audio_runs):
+    out = audio_runs[0] / "fsdp"
+    code = (
+        "import data2vec_hf, torch; from transformers import AutoModel; "
+        f"m = AutoModel.from_pretrained({str(out)!r}); "
+        "print(type(m).__name__, m(torch.randn(1, 4000)).last_hidden_state.shape)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Data2Vec2AudioModel")
+
+
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory, text_file):
+    root = tmp_path_factory.mktemp("text_runs")
+    launch("pretrain_text.py", text_args(root / "fsdp", text_file), FSDP)
+    launch("pretrain_text.py", text_args(root / "ddp", text_file), ["--multi_gpu"])
+    return root
+
+
+def test_fsdp_equals_ddp_v1_text(text_runs):
+    assert_sharded(text_runs / "fsdp")
+    assert worst_difference(weights(text_runs / "fsdp"), weights(text_runs / "ddp")) <= 1e-5
+    code = f"from transformers import AutoModel; print(type(AutoModel.from_pretrained({str(text_runs / 'fsdp')!r})).__name__)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert result.stdout.strip() == "Data2VecTextModel", result.stderr[
+        -2000:
+    ]  # plain transformers, no import
+
+
+def test_two_nodes_on_loopback_equal_one_node_with_two_processes(text_runs, text_file, tmp_path):
+    """Two torchrun invocations (--nnodes 2, one process each) rendezvous on 127.0.0.1 and end with the
+    weights of one node running two processes."""
+    out = tmp_path / "two_nodes"
+    rendezvous = port()
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                rendezvous,
+                str(ROOT / "pretraining" / "pretrain_text.py"),
+                *text_args(out, text_file),
+            ],  # fmt: skip
+            env=ENV,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    errors = [node.communicate(timeout=600)[1] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), errors[0][-3000:] + errors[1][-3000:]
+    assert summary(out)["num_processes"] == 2
+    assert worst_difference(weights(out), weights(text_runs / "ddp")) <= 1e-5
+
+
+def test_an_fsdp_request_that_cannot_be_honoured_is_an_error(text_file, tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "1", "--num_processes",
+        "1", "--main_process_port", port(), str(ROOT / "pretraining" / "pretrain_text.py"),
+        *text_args(tmp_path / "out", text_file),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "data2vec-hf shards with FSDP2 only" in result.stderr
+
+
+# --------------------------------------------------------------------------------------- streaming
+
+
+def test_streaming_processes_read_disjoint_parts_and_resume_exactly(tmp_path):
+    """Each process streams its own part (no rank-0 dispatch): disjoint, together the whole stream; a
+    resume skips exactly the examples already consumed."""
+    from types import SimpleNamespace
+
+    from data2vec_hf.pretraining.trainer import StreamingBatches
+    from datasets import Dataset
+
+    stream = Dataset.from_dict({"value": list(range(20))}).to_iterable_dataset(num_shards=1)
+
+    def collate(items):
+        indices, examples = zip(*items)
+        return {"index": list(indices), "value": [e["value"] for e in examples]}
+
+    args = SimpleNamespace(per_device_train_batch_size=3, dataloader_num_workers=0, seed=0)
+    seen, indices = [], []
+    for rank in (0, 1):
+        accelerator = SimpleNamespace(num_processes=2, process_index=rank, device="cpu")
+        batches = StreamingBatches(stream, args, collate, accelerator)
+        batches.synchronized = lambda iterator: iterator  # one process at a time here: no all-reduce
+        values = [v for batch in batches.epoch(0, 0) for v in batch["value"]]
+        resumed = [v for batch in batches.epoch(0, 2) for v in batch["value"]]
+        assert resumed == values[6:]  # 2 batches of 3 consumed before the kill
+        seen.append(values)
+        indices += [i for batch in batches.epoch(0, 0) for i in batch["index"]]
+    assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(20))
+    assert len(set(indices)) == 20  # example indices (mask seeds) are unique over the processes
+
+
+# ------------------------------------------------------------------------- precision, memory, compile
+
+
+def audio_update(tmp_path, *extra, steps: int = 1):
+    data = audio_folder(tmp_path / "data", count=8, seconds=(0.4, 0.6))
+    argv = [
+        "--output_dir", str(tmp_path / f"out{len(list(tmp_path.iterdir()))}"), "--train_dir", str(data),
+        "--version", "2", "--config_overrides", V2_AUDIO, "--min_length_seconds", "0",
+        "--max_train_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+        "--cache_dir", str(tmp_path / "cache"), *extra,
+    ]  # fmt: skip
+    from data2vec_hf.pretraining import pretrain_audio
+
+    return one_update(pretrain_audio.SPEC, argv)
+
+
+def test_bf16_on_cpu_keeps_the_teacher_and_loss_in_fp32(tmp_path):
+    grads, weights32, loss32 = audio_update(tmp_path)
+    grads16, weights16, loss16 = audio_update(tmp_path, "--mixed_precision", "bf16")
+    assert loss16 == pytest.approx(loss32, rel=0.02)
+    assert all(torch.isfinite(g).all() for g in grads16.values())
+    assert all(w.dtype == torch.float32 for name, w in weights16.items() if name.startswith("teacher."))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    grads, _, loss = audio_update(tmp_path)
+    checkpointed, _, loss_checkpointed = audio_update(tmp_path, "--gradient_checkpointing")
+    assert loss_checkpointed == pytest.approx(loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=1e-5)
+
+
+def test_torch_compile_same_loss_and_no_recompilation_over_varying_lengths(tmp_path):
+    """aot_eager (dynamo's graph capture without inductor's code generation, which takes minutes on
+    2 cores); lengths vary from batch to batch, yet nothing is compiled after the first update."""
+    import torch._dynamo.utils as dynamo_utils
+    from data2vec_hf.pretraining import pretrain_audio
+    from data2vec_hf.pretraining.trainer import PretrainingLoop
+
+    data = audio_folder(tmp_path / "data", count=12, seconds=(0.3, 0.8))
+    results = {}
+    for compiled in (False, True):
+        dynamo_utils.counters.clear()
+        argv = [
+            "--output_dir", str(tmp_path / f"out{compiled}"), "--train_dir", str(data), "--version", "2",
+            "--config_overrides", V2_AUDIO, "--min_length_seconds", "0", "--max_train_steps", "5",
+            "--per_device_train_batch_size", "2", "--cache_dir", str(tmp_path / "cache"),
+        ] + (["--torch_compile", "--torch_compile_backend", "aot_eager"] if compiled else [])  # fmt: skip
+        seen, shapes = [], []
+        loop = PretrainingLoop(
+            pretrain_audio.SPEC,
+            parse(pretrain_audio.SPEC, argv),
+            callbacks=[
+                lambda loop, m, seen=seen: seen.append((dynamo_utils.counters["frames"]["ok"], m["loss"]))
+            ],
+        )
+        original = loop.micro_batch
+
+        def record(batch, shapes=shapes, original=original):
+            shapes.append(tuple(batch["input_values"].shape))
+            return original(batch)
+
+        loop.micro_batch = record
+        try:
+            loop.train()
+        finally:
+            reset_accelerate()
+        results[compiled] = seen, shapes
+    eager, compiled = results[False][0], results[True][0]
+    assert len({shape[1] for shape in results[True][1]}) >= 3  # clips of several lengths
+    for (_, a), (_, b) in zip(eager, compiled):
+        assert b == pytest.approx(a, abs=1e-4)
+    frames = [frames for frames, _ in compiled]
+    assert frames[0] > 0 and len(set(frames)) == 1  # compiled once, never again
