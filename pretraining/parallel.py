@@ -232,6 +232,8 @@ def make_parallel(accelerator, request: FsdpRequest | None) -> Replicated:
     read before the accelerator is built, so that a request we cannot honour fails first and clearly)."""
     if request is None:
         return Replicated(accelerator)
+    if accelerator.mixed_precision == "fp16":
+        raise ConfigError("FSDP2 here runs with --mixed_precision bf16 or no: fp16 would need loss scaling")
     if accelerator.num_processes < 2:
         logger.warning("FSDP was requested with a single process: the model is sharded over one process")
     return Sharded(accelerator, request)

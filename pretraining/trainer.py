@@ -440,8 +440,11 @@ class PretrainingLoop:
         self.normalise_gradients(totals["masked"])
         grad_norm = self.clip_gradients()
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.optimizer_step_was_skipped:  # fp16 loss scaling found inf/NaN gradients
+            logger.info("fp16 gradient overflow: the loss scale was lowered and this update skipped")
+            return None
+        self.scheduler.step()
         self.progress.num_updates += 1
         self.progress.samples_seen += int(totals["samples"])
         decay = self.unwrapped.ema_step(self.progress.num_updates)

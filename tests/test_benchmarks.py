@@ -1,4 +1,4 @@
-"""The benchmarks run and print the JSON they promise (figures are measured by `make bench`, not here)."""
+"""The benchmark runs and prints the JSON it promises (figures are measured by `make bench`, not here)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,51 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_pretrain_throughput_prints_json():
+def test_pretrain_throughput_reports_mfu_for_every_config():
     command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "pretrain_throughput.py"),
-        "--size",
-        "tiny",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--seconds",
-        "1",
-        "--clone_batch",
-        "4",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        sys.executable, str(ROOT / "benchmarks" / "pretrain_throughput.py"), "--size", "tiny",
+        "--configs", "audio-v1,audio-v2,vision-v2,text-v2", "--steps", "1", "--warmup", "0", "--clone_batch", "2",
+        "--peak_matmul_size", "1024",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for version in ("v1", "v2"):
-        assert report[version]["samples_per_s"] > 0 and report[version]["masked_targets_per_s"] > 0
-        assert report[version]["peak_mem_mb"] >= 0
-    assert report["v2"]["clone_batch"] == 4
-    expected = report["v2"]["masked_targets_per_s"] / report["v1"]["masked_targets_per_s"]
-    assert abs(report["targets_per_s_ratio"] - expected) < 1e-2
+    assert report["peak"]["measured_tflops"] > 0 and report["precision"] == "fp32"
+    assert set(report["configs"]) == {"audio-v1", "audio-v2", "vision-v2", "text-v2"}
+    for name, config in report["configs"].items():
+        assert (
+            config["samples_per_s"] > 0 and config["masked_targets_per_s"] > 0 and config["peak_mem_mb"] >= 0
+        )
+        assert config["flops_per_step"] > 0
+        expected = (
+            config["flops_per_step"] / config["seconds_per_step"] / (report["peak"]["measured_tflops"] * 1e12)
+        )
+        assert abs(config["mfu"] - expected) <= 0.01 * expected + 1e-4, name
+    assert report["configs"]["audio-v2"]["clone_batch"] == 2
+    ratio = (
+        report["configs"]["audio-v2"]["masked_targets_per_s"]
+        / report["configs"]["audio-v1"]["masked_targets_per_s"]
+    )
+    assert abs(report["audio_targets_per_s_ratio_v2_v1"] - ratio) < 1e-2
+
+
+def test_grouped_convolution_flops_are_counted_once():
+    """torch's formula counts a grouped convolution's weight gradient `groups` times; ours does not."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from pretrain_throughput import count_flops
+
+    class Conv(torch.nn.Module):
+        def __init__(self, groups):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(16, 16, 5, groups=groups, bias=False)
+
+        def forward(self, x):
+            out = self.conv(x)
+            return type("Out", (), {"loss": out.square().mean()})()
+
+    x = torch.randn(2, 16, 50, requires_grad=False)
+    forward = 2 * 2 * 46 * 16 * 16 * 5  # batch x length x out x in x kernel, per group: / groups
+    for groups in (1, 4):
+        # forward + weight gradient (no input gradient: x needs none)
+        assert count_flops(Conv(groups), {"x": x}) == 2 * forward // groups
