@@ -70,6 +70,7 @@ DATA2VEC2_AUTO_CLASSES = {
 }
 for _config_cls, _models in DATA2VEC2_AUTO_CLASSES.items():
     register(_config_cls, task_models=[(getattr(transformers, name), cls) for name, cls in _models.items()])
+del _config_cls, _models
 
 __all__ = [
     "Data2Vec2AudioConfig",
