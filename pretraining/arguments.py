@@ -173,6 +173,12 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
         "--push_to_hub", action="store_true", help="upload the output folder to the Hub at the end"
     )
     g.add_argument(
+        "--remote_code",
+        action="store_true",
+        help="data2vec 2.0: write the modelling code into the exported folders (auto_map), so that "
+        "AutoModel.from_pretrained(dir, trust_remote_code=True) works without data2vec-hf installed",
+    )
+    g.add_argument(
         "--hub_model_id", default=None, help="repository id for --push_to_hub (default: output dir name)"
     )
     g.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")

@@ -82,10 +82,11 @@ def write_export(
     output_dir = Path(args.output_dir)
     folder.mkdir(parents=True)
     backbone = getattr(unwrapped, unwrapped.base_model_prefix)
-    backbone.save_pretrained(folder)
+    remote = {"remote_code": True} if args.remote_code else {}  # 2.0 only (checked at start-up)
+    backbone.save_pretrained(folder, **remote)
     if processor is not None:
         processor.save_pretrained(folder)
-    unwrapped.save_pretrained(folder / "pretraining_model")
+    unwrapped.save_pretrained(folder / "pretraining_model", **remote)
 
     config = unwrapped.config
     model_name = args.hub_model_id or output_dir.name
@@ -112,8 +113,13 @@ def write_export(
         top_k=config.average_top_k_layers,
         usage=(
             "from transformers import AutoModel\n"
-            + ("" if args.version == 1 else "import data2vec_hf  # registers data2vec 2.0\n")
-            + f'model = AutoModel.from_pretrained("{model_name}")'
+            + (
+                ""
+                if args.version == 1 or args.remote_code
+                else "import data2vec_hf  # registers data2vec 2.0\n"
+            )
+            + f'model = AutoModel.from_pretrained("{model_name}"'
+            + (", trust_remote_code=True)" if args.remote_code else ")")
         ),
         training_table=[
             ("updates", progress.num_updates),

@@ -736,6 +736,8 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
     parser = build_parser(spec)
     args = parser.parse_args(argv)
     apply_recipe_defaults(spec, args)
+    if args.remote_code and args.version == 1:
+        parser.error("--remote_code is for data2vec 2.0: a 1.0 encoder already loads in plain transformers")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from .data import DataError
 

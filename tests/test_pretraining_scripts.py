@@ -407,3 +407,31 @@ def test_streaming_local_data_with_tensorboard_tracking(tmp_path):
     assert summary(out)["updates"] == 4  # the 3-batch stream was iterated over more than one epoch
     events = list((out / "runs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_pretraining_export_with_remote_code(tmp_path):
+    """--remote_code: the exported 2.0 encoder carries its modelling code and auto_map (the loading in an
+    environment without data2vec-hf is tested in test_remote_code.py)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from data2vec_hf.pretraining import pretrain_text
+    from data2vec_hf.pretraining.trainer import run
+
+    data = tmp_path / "train.txt"
+    data.write_text("\n".join(f"the quick brown fox number {i} jumps over the lazy dog" for i in range(40)))
+    out = tmp_path / "out"
+    argv = common(
+        out, 1, train_file=data, config_overrides=TINY_V2["text"], max_seq_length=64, bpe_vocab_size=300
+    )
+    try:
+        assert run(pretrain_text.SPEC, argv + ["--version", "2", "--remote_code"]) == 0
+    finally:
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_data2vec2_text.Data2Vec2TextModel"
+    assert (out / "modeling_data2vec2_text.py").exists() and (
+        out / "pretraining_model" / "modeling_data2vec2_text.py"
+    ).exists()
+    assert "trust_remote_code=True" in (out / "README.md").read_text()
+    # (here data2vec_hf is imported, so the Auto classes give its own class; same weights either way)
+    assert type(AutoModel.from_pretrained(out, trust_remote_code=True)).__name__ == "Data2Vec2TextModel"
