@@ -36,6 +36,29 @@ from torch import nn
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+
+class BadInput(ValueError):
+    """Input the script cannot use (arguments, data, checkpoint); reported without a traceback."""
+
+
+def reports_bad_input(main):
+    """Wrap a script's ``main``: bad input (:class:`BadInput` or the data pipeline's ``DataError``)
+    prints ``error: <what is wrong>`` and returns exit code 2."""
+    import functools
+
+    from data2vec_hf.pretraining.data import DataError
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (BadInput, DataError) as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return 2
+
+    return wrapper
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -148,11 +171,11 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if given in ("latest", "last", "True", "true"):
         if last is None:
-            raise SystemExit(f"error: --resume_from_checkpoint {given}: no checkpoint-* in {output_dir}")
+            raise BadInput(f"--resume_from_checkpoint {given}: no checkpoint-* in {output_dir}")
         return last
     if given:
         if not os.path.isdir(given):
-            raise SystemExit(f"error: --resume_from_checkpoint {given} is not a folder")
+            raise BadInput(f"--resume_from_checkpoint {given} is not a folder")
         return given
     if last is not None:
         logger.info(
@@ -166,13 +189,22 @@ def load_config(model_args: ModelArguments, **kwargs: Any):
     from data2vec_hf.pretraining.trainer import parse_config_overrides
 
     overrides = parse_config_overrides(model_args.config_overrides)
-    config, unused = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        return_unused_kwargs=True,
-        **kwargs,
-    )
+    source = model_args.config_name or model_args.model_name_or_path
+    try:
+        config, unused = AutoConfig.from_pretrained(
+            source,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            return_unused_kwargs=True,
+            **kwargs,
+        )
+    except (OSError, ValueError) as error:
+        where = (
+            "a folder without config.json"
+            if os.path.isdir(source)
+            else "neither a local folder nor a model on the Hub"
+        )
+        raise BadInput(f"--model_name_or_path {source!r}: {where} ({str(error).splitlines()[0]})") from None
     if unused:
         # e.g. feat_proj_dropout for a data2vec 2.0 speech model, which has none: the config drops it,
         # so say so instead of silently training without it
@@ -182,7 +214,7 @@ def load_config(model_args: ModelArguments, **kwargs: Any):
         )
     unknown = [key for key in overrides if not hasattr(config, key)]
     if unknown:
-        raise SystemExit(f"error: unknown config field(s) in --config_overrides: {', '.join(unknown)}")
+        raise BadInput(f"unknown config field(s) in --config_overrides: {', '.join(unknown)}")
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -192,8 +224,8 @@ def load_model(auto_class, model_args: ModelArguments, config):
     """The task model of ``config``'s type through ``auto_class``; a clear error for a config that has no
     such head (e.g. a pretraining checkpoint's ``pretraining_model/`` folder instead of the encoder)."""
     if type(config) not in auto_class._model_mapping:
-        raise SystemExit(
-            f"error: {auto_class.__name__} has no model for config type {config.model_type!r}. Pass the "
+        raise BadInput(
+            f"{auto_class.__name__} has no model for config type {config.model_type!r}. Pass the "
             "exported encoder (the pretraining OUTPUT_DIR itself, not OUTPUT_DIR/pretraining_model) or a "
             "converted checkpoint"
         )

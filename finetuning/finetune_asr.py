@@ -297,6 +297,7 @@ def decode_references(tokenizer, label_ids: np.ndarray) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+@common.reports_bad_input
 def main(argv=None) -> int:
     model_args, data_args, training_args = common.parse_arguments(
         (ModelArguments, DataTrainingArguments, TrainingArguments), argv
@@ -324,14 +325,14 @@ def main(argv=None) -> int:
     if source is None and (Path(model_args.model_name_or_path) / "vocab.json").is_file():
         source = model_args.model_name_or_path
     if raw_train is None and (training_args.do_train or source is None):
-        raise SystemExit(
-            "error: give training data (--train_dir, --train_file or --dataset_name); without training, "
+        raise common.BadInput(
+            "give training data (--train_dir, --train_file or --dataset_name); without training, "
             "a checkpoint with a CTC vocabulary (vocab.json) or --tokenizer_name_or_path"
         )
     if training_args.do_eval and raw_eval is None:
         if data_args.dataset_name or raw_train is None:
-            raise SystemExit(
-                "error: --do_eval needs validation data (--validation_dir/--validation_file/--eval_split_name)"
+            raise common.BadInput(
+                "--do_eval needs validation data (--validation_dir/--validation_file/--eval_split_name)"
             )
         held_out = raw_train.train_test_split(
             test_size=data_args.validation_split_percentage / 100, seed=training_args.seed

@@ -130,9 +130,7 @@ def load_raw_datasets(data_args: DataTrainingArguments, cache_dir: str | None) -
         elif suffixes <= {".json", ".jsonl"}:
             builder = "json"
         else:
-            raise SystemExit(
-                f"error: local files must all be .csv or all .json/.jsonl, got {sorted(suffixes)}"
-            )
+            raise common.BadInput(f"local files must all be .csv or all .json/.jsonl, got {sorted(suffixes)}")
         return load_dataset(builder, data_files=local, cache_dir=cache_dir)
     name = data_args.dataset_name or GLUE_HUB_DATASET
     return load_dataset(name, data_args.dataset_config_name or data_args.task_name, cache_dir=cache_dir)
@@ -151,7 +149,7 @@ def sentence_keys(data_args: DataTrainingArguments, columns: list[str]) -> tuple
         return "sentence1", "sentence2" if "sentence2" in columns else None
     texts = [c for c in columns if c not in (data_args.label_column_name, "idx")]
     if not texts:
-        raise SystemExit(f"error: no text column among {columns}")
+        raise common.BadInput(f"no text column among {columns}")
     return texts[0], texts[1] if len(texts) > 1 else None
 
 
@@ -160,7 +158,7 @@ def label_setup(raw: DatasetDict, data_args: DataTrainingArguments):
     label = data_args.label_column_name
     splits = [s for s in raw.values() if label in s.column_names]
     if not splits:
-        raise SystemExit(f"error: no split has the label column {label!r}")
+        raise common.BadInput(f"no split has the label column {label!r}")
     feature = splits[0].features[label]
     if data_args.task_name is not None:
         is_regression = GLUE_TASKS[data_args.task_name].num_labels == 1
@@ -174,6 +172,7 @@ def label_setup(raw: DatasetDict, data_args: DataTrainingArguments):
     return False, [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
 
+@common.reports_bad_input
 def main(argv=None) -> int:
     model_args, data_args, training_args = common.parse_arguments(
         (ModelArguments, DataTrainingArguments, TrainingArguments), argv
@@ -252,7 +251,7 @@ def main(argv=None) -> int:
     def pick(names: tuple[str, ...], limit: int | None, what: str) -> list[tuple[str, object]]:
         found = [(name, tokenized[name]) for name in names if name in tokenized]
         if not found:
-            raise SystemExit(f"error: {what} needs a {' or '.join(names)} split; have {list(tokenized)}")
+            raise common.BadInput(f"{what} needs a {' or '.join(names)} split; have {list(tokenized)}")
         return [(name, ds.select(range(min(limit, len(ds)))) if limit else ds) for name, ds in found]
 
     validation_names = task.validation_splits if task and not data_args.validation_file else ("validation",)

@@ -174,7 +174,7 @@ def build_image_processor(aug: AugmentationArguments, size: int, mean, std) -> B
 def label_names(ds: datasets.Dataset, column: str) -> tuple[list[str], dict[Any, int] | None]:
     """(class names, value → id map, or None when the column already holds ``ClassLabel`` ids)."""
     if column not in ds.column_names:
-        raise SystemExit(f"error: no label column {column!r}; columns: {ds.column_names}")
+        raise common.BadInput(f"no label column {column!r}; columns: {ds.column_names}")
     feature = ds.features[column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names), None
@@ -246,6 +246,7 @@ class ImageClassificationTrainer(common.LayerDecayTrainer):
 # --------------------------------------------------------------------------------------------------
 
 
+@common.reports_bad_input
 def main(argv=None) -> int:
     model_args, data_args, aug_args, training_args = common.parse_arguments(
         (ModelArguments, DataTrainingArguments, AugmentationArguments, TrainingArguments), argv
@@ -268,12 +269,12 @@ def main(argv=None) -> int:
         else None
     )
     if raw_train is None:
-        raise SystemExit(
-            "error: give training data (--train_dir, --train_file or --dataset_name); it defines the classes"
+        raise common.BadInput(
+            "give training data (--train_dir, --train_file or --dataset_name); it defines the classes"
         )
     if training_args.do_eval and raw_eval is None:
         if data_args.dataset_name:
-            raise SystemExit(f"error: the dataset has no split {data_args.eval_split_name!r}")
+            raise common.BadInput(f"the dataset has no split {data_args.eval_split_name!r}")
         held_out = raw_train.train_test_split(test_size=data_args.train_val_split, seed=training_args.seed)
         raw_train, raw_eval = held_out["train"], held_out["test"]
 

@@ -470,3 +470,71 @@ def test_non_finite_batches_name_their_examples(tmp_path, caplog, capsys):
     assert caplog.text.count("NaN/inf loss: update skipped") == 2
     named = caplog.text.split("micro-batches held examples [")[1].split("]")[0]
     assert ".wav)" in named and str(data) in named  # the indices come with their source files
+
+
+# -------------------------------------------------------------------------------------- fine-tuning
+
+
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory):
+    """A tiny data2vec 1.0 text encoder with its tokenizer, as a pretraining run exports it."""
+    from data2vec_hf import Data2VecTextForPreTraining
+    from test_training_fidelity import tiny_text_config
+
+    folder = tmp_path_factory.mktemp("text_encoder")
+    tokenizer = train_bpe_tokenizer([f"a sentence about item {i}" for i in range(50)], vocab_size=300)
+    config = tiny_text_config(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id)
+    Data2VecTextForPreTraining(config).data2vec_text.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def glue(tmp_path, model, train_rows: str, *extra) -> int:
+    from data2vec_hf.finetuning import finetune_glue
+
+    train = tmp_path / "train.csv"
+    train.write_text(train_rows)
+    return finetune_glue.main([
+        "--model_name_or_path", str(model), "--train_file", str(train), "--validation_file", str(train),
+        "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none",
+        "--output_dir", str(tmp_path / "out"), *extra,
+    ])  # fmt: skip
+
+
+def test_fine_tuning_data_without_the_label_column_is_a_clear_error(text_checkpoint, tmp_path, capsys):
+    code = glue(tmp_path, text_checkpoint, "sentence,score\nfine words,1\nother words,0\n")
+    assert code == 2 and "no split has the label column 'label'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_fine_tuning_a_path_that_is_not_a_model_is_a_clear_error(tmp_path, capsys):
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    code = glue(tmp_path, empty, "sentence,label\nfine words,1\nother words,0\n")
+    assert (
+        code == 2
+        and f"--model_name_or_path '{empty}': a folder without config.json" in capsys.readouterr().err
+    )
+
+
+def test_fine_tuning_images_skip_corrupt_files(tmp_path, capsys, caplog):
+    from data2vec_hf import Data2VecVisionForPreTraining
+    from data2vec_hf.finetuning import finetune_image
+    from test_training_fidelity import tiny_vision_config
+
+    model = tmp_path / "vision"
+    Data2VecVisionForPreTraining(tiny_vision_config()).data2vec_vision.save_pretrained(model)
+    images = tmp_path / "images"
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (i * 80, 10 if label == "a" else 200, 0)).save(
+                images / label / f"{i}.png"
+            )
+    (images / "a" / "broken.png").write_bytes(b"\x89PNG broken")
+    caplog.set_level(logging.INFO)
+    code = finetune_image.main([
+        "--model_name_or_path", str(model), "--train_dir", str(images), "--do_train", "--max_steps", "1",
+        "--per_device_train_batch_size", "2", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert code == 0 and "skipped unreadable=1" in caplog.text
