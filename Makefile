@@ -36,9 +36,10 @@ demo: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) pretraining/demo.py
 
 
-# data2vec 1.0 vs 2.0 pretraining throughput (base audio, 2 x 4 s clips); prints one JSON object
+# pretraining throughput and MFU: base audio v1/v2, image v2, text v2 (full steps); prints one JSON object
+# (add flags with `make bench BENCH_ARGS="--mixed_precision bf16 --compile"`)
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
