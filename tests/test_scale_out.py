@@ -29,7 +29,12 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_
 
 
 def port() -> str:
-    return str(29000 + (os.getpid() * 7 + int(time.time() * 1000)) % 900)
+    """A port that is free now (the OS picks it), for the rendezvous of one launch."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def launch(script: str, args: list[str], how: list[str], **popen):
@@ -42,7 +47,8 @@ def launch(script: str, args: list[str], how: list[str], **popen):
     if popen:
         return subprocess.Popen(command, env=ENV, cwd=ROOT, start_new_session=True, **popen)
     result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert result.returncode == 0, "\n".join(errors[:20]) + result.stderr[-2000:]
     return result
 
 
