@@ -158,16 +158,22 @@ def masked_forward(model, version, batch, seeds):
         return model(**batch), batch[MASK_ARGUMENT]
 
 
+def alone_and_paired(version: int, crop: bool, seed: int):
+    """A short clip collated alone and next to a clip twice its length; the model and both batches."""
+    model = AUDIO_MODELS[version]()
+    short, long = clips(torch.Generator().manual_seed(seed))
+    collate = AudioCollator(max_samples=None, crop_to_shortest=crop)
+    generators = [example_generator(0, 0, s) for s in (0, 1)]
+    alone = collate([{"input_values": short.numpy()}], generators[:1])
+    pair = collate([{"input_values": short.numpy()}, {"input_values": long.numpy()}], generators)
+    return model, short, long, alone, pair
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_clip_cropped_in_a_batch_keeps_its_targets_exactly(version):
     """Crop mode (fairseq's collater): a clip batched next to a longer one is not changed at all, the
     longer one is cropped to it, so the clip's targets and per-position losses are its own."""
-    model = AUDIO_MODELS[version]()
-    short, long = clips(torch.Generator().manual_seed(1))
-    collate = AudioCollator(max_samples=None, crop_to_shortest=True)
-    generators = [example_generator(0, 0, s) for s in (0, 1)]
-    alone_batch = collate([{"input_values": short.numpy()}], generators[:1])
-    pair_batch = collate([{"input_values": short.numpy()}, {"input_values": long.numpy()}], generators)
+    model, short, long, alone_batch, pair_batch = alone_and_paired(version, crop=True, seed=1)
     assert "attention_mask" not in pair_batch and pair_batch["input_values"].shape == (2, len(short))
     assert torch.equal(pair_batch["input_values"][0], short)
     assert pair_batch["audio_samples"].tolist() == [
@@ -189,12 +195,7 @@ def test_a_clip_cropped_in_a_batch_keeps_its_targets_exactly(version):
 def test_a_clip_padded_in_a_batch_keeps_its_targets(version):
     """Padding mode is exact: targets normalised over real steps only, positional and decoder convolutions
     never read padding, masks drawn over real frames only, padding never regressed."""
-    model = AUDIO_MODELS[version]()
-    short, long = clips(torch.Generator().manual_seed(2))
-    collate = AudioCollator(max_samples=None, crop_to_shortest=False)
-    generators = [example_generator(0, 0, s) for s in (0, 1)]
-    alone_batch = collate([{"input_values": short.numpy()}], generators[:1])
-    pair_batch = collate([{"input_values": short.numpy()}, {"input_values": long.numpy()}], generators)
+    model, short, long, alone_batch, pair_batch = alone_and_paired(version, crop=False, seed=2)
     assert pair_batch["audio_samples"].tolist() == [
         [len(short), 0, len(long) - len(short)],
         [len(long), 0, 0],
