@@ -88,14 +88,18 @@ def sample_audio_masks(config, batch: dict, generators: list[torch.Generator]) -
 
 
 def encode_without_padding_leaks(
-    encoder, hidden: torch.Tensor, frame_mask: torch.Tensor | None
-) -> torch.Tensor:
+    encoder, hidden: torch.Tensor, frame_mask: torch.Tensor | None, output_hidden_states: bool = False
+):
     """transformers' ``Data2VecAudioEncoder`` forward, except that with padding (``frame_mask``, 1 = real)
     padded steps are zeroed before *every* positional convolution layer. transformers (and fairseq)
     zero them only before the first, so the later layers read padding and a clip's features depend on
-    the batch it is padded in; fairseq's pretraining never pads, and without padding both are the same."""
+    the batch it is padded in; fairseq's pretraining never pads, and without padding both are the same.
+
+    Returns the last hidden state, or with ``output_hidden_states`` the tuple transformers returns
+    (the normalised block input, then every block's output)."""
     if frame_mask is None:
-        return encoder(hidden).last_hidden_state
+        out = encoder(hidden, output_hidden_states=output_hidden_states)
+        return out.hidden_states if output_hidden_states else out.last_hidden_state
     from transformers.masking_utils import create_bidirectional_mask
 
     from .data2vec2 import conv_positions
@@ -107,11 +111,25 @@ def encode_without_padding_leaks(
     attention_mask = create_bidirectional_mask(
         config=encoder.config, inputs_embeds=hidden, attention_mask=frame_mask
     )
+    states = [hidden]
     for layer in encoder.layers:
         if encoder.training and encoder.config.layerdrop > 0.0 and torch.rand([]) < encoder.config.layerdrop:
             continue
         hidden = layer(hidden, attention_mask=attention_mask)
-    return hidden
+        states.append(hidden)
+    return tuple(states) if output_hidden_states else hidden
+
+
+def backbone_hidden_states(backbone, input_values: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Every hidden state of a ``Data2VecAudioModel`` (as ``output_hidden_states=True`` returns them),
+    computed so that a clip's states do not depend on the padding beside it (see
+    :func:`encode_without_padding_leaks`)."""
+    features = backbone.feature_extractor(input_values).transpose(1, 2)
+    frame_mask = None
+    if attention_mask is not None:
+        frame_mask = backbone._get_feature_vector_attention_mask(features.shape[1], attention_mask)
+    hidden, _ = backbone.feature_projection(features)
+    return encode_without_padding_leaks(backbone.encoder, hidden, frame_mask, output_hidden_states=True)
 
 
 class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrainedModel):

@@ -185,6 +185,13 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
     g.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository as private")
 
     spec.add_arguments(parser.add_argument_group(spec.name))
+    from data2vec_hf.evaluation import add_arguments as add_evaluation_arguments
+
+    add_evaluation_arguments(
+        parser.add_argument_group(
+            "online evaluation", "probe the frozen student on a labelled task while training (off by default)"
+        )
+    )
     return parser
 
 

@@ -127,6 +127,10 @@ class Replicated:
     def clip(self, parameters, max_norm: float) -> float:
         return float(self.accelerator.clip_grad_norm_(parameters, max_norm))
 
+    def gathered(self, model):
+        """A context in which the model's submodules can be called directly (online evaluation)."""
+        return contextlib.nullcontext()
+
     def save(self, folder: Path) -> None:
         self.accelerator.save_state(str(folder))
 
@@ -180,6 +184,19 @@ class Sharded(Replicated):
     def gradient_sync(self, model, sync: bool):
         model.set_requires_gradient_sync(sync)  # reduce-scatter only on the update's last micro-batch
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def gathered(self, model):
+        """The root unit's parameters gathered, so that the encoder can be called on its own (its blocks
+        gather themselves); sharded again afterwards."""
+        # FSDP decides which unit is the root at the first forward; make sure that is the model itself
+        # even when the encoder is evaluated before any training step (no public API for this yet)
+        model._get_fsdp_state()._lazy_init()
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
 
     def forward_context(self):
         return self.accelerator.autocast()

@@ -112,6 +112,8 @@ class Progress:
     )  # content, cropped, padding
     audio_total: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
     audio_history: list = dataclasses.field(default_factory=list)  # (epoch, waste fraction)
+    eval_history: list = dataclasses.field(default_factory=list)  # {"update", "train_seconds", metrics...}
+    train_seconds: float = 0.0  # training time so far, evaluation excluded
 
     def state_dict(self):
         return dataclasses.asdict(self)
@@ -367,6 +369,9 @@ class PretrainingLoop:
         )
         logger.info("parallelism: %s", self.parallel.describe())
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        from data2vec_hf.evaluation import OnlineEvaluator
+
+        self.evaluator = OnlineEvaluator.from_args(args, spec.name, self.processor, accelerator)
         self.progress = Progress()
         accelerator.register_for_checkpointing(self.progress)
         self.statistics = UpdateStatistics(self.config.hidden_size, accelerator.device)
@@ -499,7 +504,7 @@ class PretrainingLoop:
         self.progress.audio_total = [a + b for a, b in zip(self.progress.audio_total, audio)]
 
     def metrics(self, totals: dict, grad_norm: float, decay: float) -> dict:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        elapsed = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
         metrics = {
             "loss": totals["loss_sum"] / totals["masked"],
             "lr": self.scheduler.get_last_lr()[0],
@@ -516,11 +521,36 @@ class PretrainingLoop:
             self.progress.first_metrics = dict(metrics)
         return metrics
 
+    def evaluate(self, metrics: dict | None = None) -> None:
+        """Online probes of the frozen student (``--eval_*``), when due: their metrics join the update's
+        (trackers, log) and ``eval_history``; their time is kept out of the training throughput."""
+        step = self.progress.num_updates
+        if self.evaluator is None or not self.evaluator.due(step, self.args.max_train_steps):
+            return
+        started = time.perf_counter()
+        self.model.eval()
+        with self.parallel.gathered(self.model):
+            results = self.evaluator.evaluate(self.unwrapped, step)
+        self.model.train()
+        self.eval_seconds += time.perf_counter() - started
+        self.progress.eval_history.append(
+            {"update": step, "train_seconds": self.training_seconds()} | results
+        )
+        if metrics is not None:
+            metrics.update(results)
+        elif self.args.with_tracking:
+            self.accelerator.log(results, step=step)
+
+    def training_seconds(self) -> float:
+        """Seconds spent training in this run and those it resumed, evaluation excluded."""
+        return self.resumed_train_seconds + time.perf_counter() - self.started - self.eval_seconds
+
     def log(self, metrics: dict) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(
-            {k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"} | {"lr": f"{metrics['lr']:.2e}"}
-        )
+        shown = {k: f"{v:.3g}" for k, v in metrics.items() if k != "lr" and not k.startswith("eval/")}
+        if self.progress.eval_history:  # the latest probe result stays in the bar
+            shown["probe"] = f"{self.progress.eval_history[-1]['eval/linear_best']:.3f}"
+        self.bar.set_postfix(shown | {"lr": f"{metrics['lr']:.2e}"})
         step = self.progress.num_updates
         if step % self.args.logging_steps:
             return
@@ -533,6 +563,7 @@ class PretrainingLoop:
     def checkpoint(self, force: bool = False) -> None:
         step = self.progress.num_updates
         if force or step % self.args.checkpointing_steps == 0 or step == self.args.max_train_steps:
+            self.progress.train_seconds = self.training_seconds()
             try:
                 save_checkpoint(
                     self.accelerator,
@@ -609,7 +640,10 @@ class PretrainingLoop:
             mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
         self.started, self.samples_at_start = time.perf_counter(), progress.samples_seen
+        self.eval_seconds, self.resumed_train_seconds = 0.0, progress.train_seconds
         self.model.train()
+        if progress.num_updates == 0:
+            self.evaluate()  # the random initialisation, with --eval_at_start
         while progress.num_updates < args.max_train_steps:
             for batch in self.epoch_batches():
                 self.micro_batch(batch)
@@ -618,6 +652,7 @@ class PretrainingLoop:
                 metrics = self.update()
                 if metrics is None:
                     continue
+                self.evaluate(metrics)
                 for callback in self.callbacks:
                     callback(self, metrics)
                 self.last_metrics = metrics
@@ -685,6 +720,9 @@ class PretrainingLoop:
                 "skipped_nonfinite_updates": progress.nonfinite_total,
                 "first": progress.first_metrics,
                 "history": progress.history,
+                "eval_history": progress.eval_history,
+                "train_seconds": self.training_seconds(),
+                "eval_seconds": self.eval_seconds,
                 "last": self.last_metrics,
             }
             if progress.audio_total[0] > 0:
