@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `import torchvision` (and with it timm), so the two are pinned as a pair.
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install system-deps test lint demo bench clean
+.PHONY: install system-deps test lint demo bench bench-learning clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ demo: install system-deps
 # (add flags with `make bench BENCH_ARGS="--mixed_precision bf16 --compile"`)
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py $(BENCH_ARGS)
+
+# probe accuracy vs pretraining time, v1 vs v2, every modality (about 20 min on 2 cores); JSON + PNG in
+# learning_efficiency_output/ (add flags with `make bench-learning BENCH_ARGS="--budget_seconds 60"`)
+bench-learning: install system-deps
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/learning_efficiency.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -271,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     from data2vec_hf.evaluation import baseline_accuracy, load_labelled_data
     from data2vec_hf.evaluation.probe_sets import build_probe_set
 
+    try:  # fail now, not after the whole budget
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("error: the plot needs matplotlib: pip install matplotlib (or data2vec-hf[benchmarks])",
+              file=sys.stderr)  # fmt: skip
+        return 2
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="learning-efficiency-"))

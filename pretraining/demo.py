@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """`make demo`: pretrain a small data2vec audio model for a few minutes on the embedded speech corpus
-(synthesised offline with espeak-ng), then load it with ``AutoModel`` and report what it learned.
+(synthesised offline with espeak-ng), then load it with ``AutoModel`` and report what it learned: the loss,
+and what a linear probe on its frozen features scores on the embedded spoken-word probe set (unseen
+speakers) before and after pretraining (``data2vec-probe --embedded --random_init --baseline``).
 
     python pretraining/demo.py [--output_dir demo_output/audio] [--max_train_steps 150]
 """
@@ -71,6 +73,17 @@ def main() -> int:
     with torch.no_grad():
         hidden = model(**extractor(audio, sampling_rate=rate, return_tensors="pt")).last_hidden_state
 
+    # What did it learn? Probe the frozen features as `data2vec-probe MODEL --embedded` does.
+    from data2vec_hf.evaluation.cli import main as probe
+
+    probe_json = output_dir / "probe_results.json"
+    print(f"\n$ data2vec-probe {output_dir} --embedded --random_init --baseline --output_json {probe_json}")
+    if probe(
+        [str(output_dir), "--embedded", "--random_init", "--baseline", "--output_json", str(probe_json)]
+    ):
+        raise SystemExit("the probe failed (see above)")
+    probed = json.loads(probe_json.read_text())
+
     summary = json.loads((output_dir / "train_summary.json").read_text())
     history = summary["history"]
     head, tail = history[:3], history[-3:]
@@ -86,6 +99,13 @@ def main() -> int:
     print(f"{clip.name}: {len(audio) / rate:.2f} s of speech -> hidden states {tuple(hidden.shape)}")
     print(f"regression loss (mean of first 3 vs last 3 logged): {mean(head, 1):.3f} -> {mean(tail, 1):.3f}")
     print(f"target std over features (collapse monitor):         {mean(head, 2):.3f} -> {mean(tail, 2):.3f}")
+    trained, random = probed["results"]["model"]["best"], probed["results"]["random init"]["best"]
+    print(
+        f"linear probe, spoken words of unseen speakers ({len(probed['data']['classes'])} classes, best layer): "
+        f"random init {100 * random['linear']:.1f}% -> trained {100 * trained['linear']:.1f}% "
+        f"(layer {trained['layer']}); log-mel baseline {100 * probed['baseline']['linear']:.1f}%, "
+        f"chance {100 * probed['data']['chance']:.1f}%"
+    )
     return 0
 
 

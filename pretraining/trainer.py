@@ -550,7 +550,7 @@ class PretrainingLoop:
         shown = {k: f"{v:.3g}" for k, v in metrics.items() if k != "lr" and not k.startswith("eval/")}
         if self.progress.eval_history:  # the latest probe result stays in the bar
             shown["probe"] = f"{self.progress.eval_history[-1]['eval/linear_best']:.3f}"
-        self.bar.set_postfix(shown | {"lr": f"{metrics['lr']:.2e}"})
+        self.bar.set_postfix(shown | {"lr": f"{metrics['lr']:.2e}"}, refresh=False)  # redrawn at mininterval
         step = self.progress.num_updates
         if step % self.args.logging_steps:
             return

@@ -62,3 +62,38 @@ def test_grouped_convolution_flops_are_counted_once():
     for groups in (1, 4):
         # forward + weight gradient (no input gradient: x needs none)
         assert count_flops(Conv(groups), {"x": x}) == 2 * forward // groups
+
+
+def test_learning_efficiency_writes_curves_baselines_and_plot(tmp_path):
+    """A tiny budget: every modality and version gets a random-init point and a trained point, in JSON
+    and in the PNG (the full run is `make bench-learning`)."""
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "learning_efficiency.py"), "--size", "tiny",
+        "--budget_seconds", "2", "--eval_points", "1", "--max_probe_examples", "40",
+        "--max_train_samples", "64", "--output_dir", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "learning_efficiency.json").read_text())
+    png = (tmp_path / "learning_efficiency.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert report["budget_seconds_per_model"] == 2 and set(report["modalities"]) == {
+        "audio",
+        "vision",
+        "text",
+    }
+    for modality, entry in report["modalities"].items():
+        base = entry["baseline"]
+        assert 0 <= base["chance"] < 1 and 0 <= base["linear"] <= 1 and 0 <= base["knn"] <= 1
+        assert [run["version"] for run in entry["runs"]] == [1, 2]
+        for run in entry["runs"]:
+            curve = run["curve"]
+            assert curve[0]["updates"] == 0 and curve[0]["seconds"] == 0  # the random init
+            assert len(curve) == 2 and curve[1]["updates"] == run["updates"] > 0, (modality, run)
+            assert curve[1]["seconds"] >= 2 and run["training_seconds"] >= 2
+            for point in curve:
+                layers = [k for k in point if k.startswith("eval/linear_layer_")]
+                assert len(layers) >= 3  # block input + 2 blocks (+ CLS rows for 2.0 images)
+                assert point["eval/linear_best"] == max(point[k] for k in layers)
+        assert entry["train_examples"] == entry["test_examples"] == 40  # --max_probe_examples
+    assert "init lin" in result.stdout and "baseline" in result.stdout

@@ -148,6 +148,11 @@ def hub(monkeypatch):
         monkeypatch.setattr(constants, "ENDPOINT", stand_in.url)
         monkeypatch.setenv("HF_ENDPOINT", stand_in.url)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        # transformers keeps one HfApi, whose endpoint is fixed when an earlier test first asks for it
+        from transformers.utils import hub as transformers_hub
+
+        if hasattr(transformers_hub, "_hf_api"):
+            monkeypatch.setattr(transformers_hub, "_hf_api", None)
         yield stand_in
 
 
