@@ -113,7 +113,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
                          vocab_size=50)).save_pretrained(tmp_path / "bert")  # fmt: skip
     data = write_labelled(tmp_path / "data", "audio")
     assert cli.main([str(tmp_path / "bert"), "--data_dir", str(data)]) == 2
-    assert "'bert' model" in capsys.readouterr().err and "not a data2vec encoder"
+    err = capsys.readouterr().err
+    assert "'bert' model" in err and "not a data2vec encoder" in err, err
 
     assert cli.main([str(tmp_path / "nothing-here"), "--data_dir", str(data)]) == 2
     assert "cannot read a model configuration" in capsys.readouterr().err
