@@ -207,11 +207,9 @@ def run(name: str, args, device, peak: float | None) -> dict:
     batch.update(fixed_masks(model, batch))
     flops = count_flops(model, batch)
     if args.compile:
-        from transformers.modeling_layers import GradientCheckpointingLayer
+        from data2vec_hf.pretraining.trainer import compile_blocks
 
-        for module in model.modules():
-            if isinstance(module, GradientCheckpointingLayer):
-                module.compile(dynamic=True)
+        compile_blocks(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()

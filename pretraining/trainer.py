@@ -227,9 +227,22 @@ def speed_up(model: nn.Module, args) -> None:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.torch_compile:
-        for module in model.modules():
-            if isinstance(module, GradientCheckpointingLayer):
-                module.compile(dynamic=True, mode=args.torch_compile_mode, backend=args.torch_compile_backend)
+        compile_blocks(model, mode=args.torch_compile_mode, backend=args.torch_compile_backend)
+
+
+def compile_blocks(model: nn.Module, **compile_kwargs) -> int:
+    """``torch.compile`` every transformer block of student and teacher (dynamic shapes); returns how many.
+
+    The blocks share one code object, so dynamo keeps one cache for all of them, and some entries
+    specialise on a block: the teacher's target hooks close over the layer index, and student and
+    teacher differ in grad mode. Past dynamo's default recompile limit (8) the remaining blocks would
+    silently run eager, so the limit is raised to cover two entries per block."""
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    limit = 2 * len(blocks) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    for block in blocks:
+        block.compile(dynamic=True, **compile_kwargs)
+    return len(blocks)
 
 
 def build_accelerator(args, output_dir: Path) -> Accelerator:

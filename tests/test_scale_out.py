@@ -294,10 +294,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=1e-5)
 
 
-def test_torch_compile_same_loss_and_no_recompilation_over_varying_lengths(tmp_path):
+def test_torch_compile_same_loss_and_no_recompilation_over_varying_lengths(tmp_path, monkeypatch):
     """aot_eager (dynamo's graph capture without inductor's code generation, which takes minutes on
-    2 cores); lengths vary from batch to batch, yet nothing is compiled after the first update."""
+    2 cores); lengths vary from batch to batch, yet nothing is compiled after the first update. With 9
+    blocks, more than dynamo's default recompile limit: no block may fall back to eager."""
+    import torch._dynamo.config as dynamo_config
     import torch._dynamo.utils as dynamo_utils
+
+    monkeypatch.setattr(dynamo_config, "fail_on_recompile_limit_hit", True)
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)  # the default, whatever ran before
     from data2vec_hf.pretraining import pretrain_audio
     from data2vec_hf.pretraining.trainer import PretrainingLoop
 
@@ -307,7 +312,8 @@ def test_torch_compile_same_loss_and_no_recompilation_over_varying_lengths(tmp_p
         dynamo_utils.counters.clear()
         argv = [
             "--output_dir", str(tmp_path / f"out{compiled}"), "--train_dir", str(data), "--version", "2",
-            "--config_overrides", V2_AUDIO, "--min_length_seconds", "0", "--max_train_steps", "5",
+            "--config_overrides", V2_AUDIO + ",num_hidden_layers=9", "--min_length_seconds", "0",
+            "--max_train_steps", "5",
             "--per_device_train_batch_size", "2", "--cache_dir", str(tmp_path / "cache"),
         ] + (["--torch_compile", "--torch_compile_backend", "aot_eager"] if compiled else [])  # fmt: skip
         seen, shapes = [], []
