@@ -41,7 +41,7 @@ demo: install system-deps
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py $(BENCH_ARGS)
 
-# probe accuracy vs pretraining time, v1 vs v2, every modality (about 20 min on 2 cores); JSON + PNG in
+# probe accuracy vs pretraining time, v1 vs v2, every modality (about 16-20 min on 2 cores); JSON + PNG in
 # learning_efficiency_output/ (add flags with `make bench-learning BENCH_ARGS="--budget_seconds 60"`)
 bench-learning: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/learning_efficiency.py $(BENCH_ARGS)
