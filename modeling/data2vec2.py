@@ -22,6 +22,8 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
+from .dropout import Dropout, apply_dropout, attention
+from .layout import transpose_contiguous
 from .objective import Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin, Data2VecPreTrainingOutput
 from .remote_code import package_only
 from .targets import record_outputs
@@ -202,15 +204,16 @@ def conv_positions(relative: nn.Module, x: torch.Tensor, padding_mask: torch.Ten
     if padding_mask is None or not hasattr(relative, "layers"):
         return relative(x)
     keep = (~padding_mask).unsqueeze(1).to(x.dtype)
-    h = x.transpose(1, 2) * keep
+    h = transpose_contiguous(x) * keep
     for layer in relative.layers:
         h = layer(h) * keep
-    return h.transpose(1, 2)
+    return transpose_contiguous(h)
 
 
 def dropout(p: float) -> nn.Module:
-    """``nn.Dropout(p)``, or nothing for p = 0 (a zero-probability dropout still copies in training)."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+    """A dropout module (cheaper masks on the CPU: dropout.py), or nothing for p = 0 (a zero-probability
+    dropout still copies in training)."""
+    return Dropout(p) if p > 0 else nn.Identity()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
@@ -254,9 +257,7 @@ class Data2Vec2Attention(nn.Module):
         q, k, v = (
             self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         )
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_bias, dropout_p=self.attention_dropout if self.training else 0.0
-        )
+        out = attention(q, k, v, attention_bias, self.attention_dropout, self.training)
         return self.proj_dropout(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
 
 
@@ -340,21 +341,23 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """B x T x D in, B x T x hidden_size out. With ``padding_mask`` (B x T, 1-D only) padded steps are
         zeroed before every convolution, so real steps never read padding."""
-        batch, length, dim = x.shape
-        x = x.transpose(1, 2)
-        if self.grid is not None:
-            x = x.reshape(batch, dim, *self.grid)
-        keep = None if padding_mask is None else (~padding_mask).unsqueeze(1).to(x.dtype)
+        batch, length, _ = x.shape
+        keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(x.dtype)
         residual = x
         for conv in self.convs:
-            x = conv(x if keep is None else x * keep)
+            # the convolution runs channels-first, the rest channels-last, all contiguous (layout.py)
+            h = transpose_contiguous(x if keep is None else x * keep)
+            if self.grid is not None:
+                h = h.reshape(batch, h.shape[1], *self.grid)
+            h = conv(h)
             if self.kernel % 2 == 0:  # "same" padding for even kernels: drop the extra step
-                x = x[..., :-1] if x.dim() == 3 else x[..., :-1, :-1]
-            x = F.gelu(F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1))
+                h = h[..., :-1] if h.dim() == 3 else h[..., :-1, :-1]
+            x = transpose_contiguous(h.reshape(batch, h.shape[1], length))
+            x = F.gelu(F.layer_norm(x, x.shape[-1:]))
             if self.residual and residual.shape == x.shape:
                 x = x + residual
             residual = x
-        return self.proj(x.reshape(batch, x.shape[1], length).transpose(1, 2))
+        return self.proj(x)
 
 
 class Data2Vec2PreTrainedModel(PreTrainedModel):
@@ -643,7 +646,7 @@ class Data2Vec2PreTrainingMixin(Data2VecPreTrainingMixin):
         x = run_blocks(backbone.blocks, x, bias, cfg.layerdrop, self.training)
 
         extra = cfg.num_extra_tokens
-        decoder_input = F.dropout(x[:, extra:], cfg.decoder_input_dropout, self.training)
+        decoder_input = apply_dropout(x[:, extra:], cfg.decoder_input_dropout, self.training)
         noise = decoder_input.new_empty(
             decoder_input.shape[0], length - decoder_input.shape[1], decoder_input.shape[2]
         ).normal_(0, cfg.mask_noise_std)

@@ -29,6 +29,7 @@ from .data2vec2 import (
     sample_clone_masks,
 )
 from .data2vec_audio import num_frames
+from .layout import use_contiguous_conv_layers
 from .objective import OBJECTIVE_DOC
 
 logger = logging.get_logger(__name__)
@@ -153,6 +154,7 @@ class Data2Vec2AudioModel(Data2Vec2Backbone):
         if config.use_alibi:
             scale = torch.full((config.num_attention_heads,), float(config.alibi_scale_init))
             self.alibi_scale = nn.Parameter(scale, requires_grad=config.learned_alibi_scale)
+        use_contiguous_conv_layers(self)  # same layers, a faster memory layout (see layout.py)
         self._build_shared(config)
         if config.mask_feature_prob > 0 and config.mask_feature_length > config.hidden_size:
             logger.warning_once(

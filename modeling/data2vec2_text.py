@@ -16,6 +16,7 @@ from .data2vec2 import (
     Data2Vec2PreTrainingMixin,
     Decoder,
     classification_loss,
+    dropout,
     sample_clone_masks,
 )
 from .objective import OBJECTIVE_DOC
@@ -83,7 +84,7 @@ class Data2Vec2TextModel(Data2Vec2Backbone):
             config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
         )
         self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=1e-5)
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.embedding_dropout = dropout(config.embedding_dropout)
         self._build_shared(config)
         self.post_init()
 

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import Data2VecAudioConfig, Data2VecAudioModel
 from transformers.models.data2vec.modeling_data2vec_audio import Data2VecAudioPreTrainedModel
 
+from .layout import use_contiguous_conv_layers
 from .masking import compute_span_mask, trim_to_same_count
 from .objective import OBJECTIVE_DOC, Data2VecBackboneConfigMixin, Data2VecPreTrainingMixin
 from .targets import record_outputs
@@ -146,7 +147,7 @@ class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrai
 
     def __init__(self, config: Data2VecAudioPreTrainingConfig):
         super().__init__(config)
-        self.data2vec_audio = Data2VecAudioModel(config.to_backbone_config())
+        self.data2vec_audio = use_contiguous_conv_layers(Data2VecAudioModel(config.to_backbone_config()))
         if not hasattr(self.data2vec_audio, "masked_spec_embed"):
             # transformers only creates the mask embedding when its own SpecAugment is enabled
             self.data2vec_audio.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
