@@ -210,7 +210,8 @@ def run(name: str, args, device, peak: float | None) -> dict:
         from data2vec_hf.pretraining.trainer import compile_blocks
 
         compile_blocks(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # fused, as the pretraining loop's (pretraining/optim.py)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 

@@ -61,6 +61,9 @@ def attention(q, k, v, bias: torch.Tensor | None, dropout_p: float, training: bo
             q, k, v, attn_mask=bias, dropout_p=dropout_p if training else 0.0
         )
     scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
-    if bias is not None:
-        scores = scores + bias
-    return torch.matmul(apply_dropout(scores.softmax(-1), dropout_p), v)
+    if bias is not None:  # finite, so that a row without any key gives no NaN (forward or backward)
+        scores = scores + bias.clamp_min(torch.finfo(scores.dtype).min)
+    out = torch.matmul(apply_dropout(scores.softmax(-1), dropout_p), v)
+    if bias is not None:  # a row without any key attends to nothing: zeros, as torch's kernels give
+        out = out * (bias > float("-inf")).any(-1, keepdim=True)
+    return out

@@ -45,11 +45,18 @@ def param_groups(model: nn.Module, weight_decay: float, scope: str = "all") -> l
 
 
 def build_optimizer(model: nn.Module, args) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; torch's fused kernel when the parameters are plain tensors on the
+    CPU or a GPU (on the CPU the default per-tensor loop is ~4x slower and allocates temporaries the
+    size of the embedding every step); the default implementation for sharded (DTensor) parameters."""
+    groups = param_groups(model, args.weight_decay, args.weight_decay_scope)
+    params = [p for group in groups for p in group["params"]]
+    fused = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(
-        param_groups(model, args.weight_decay, args.weight_decay_scope),
+        groups,
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
+        fused=fused or None,
     )
 
 

@@ -157,3 +157,18 @@ def test_attention_with_dropout_is_sdpa_with_those_probabilities():
     multiplier = dropout_multiplier((2, 3, 7, 7), 0.1)
     probs = torch.softmax(q @ k.transpose(-2, -1) / 2.0 + bias, dim=-1)
     torch.testing.assert_close(out, (probs * multiplier) @ v)
+
+
+def test_attention_rows_without_keys_are_zero_and_finite():
+    """A row whose every key is padding (an all-padding clone) gives zeros, as torch's kernels do, and
+    no NaN in the gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 4, requires_grad=True) for _ in range(3))
+    bias = torch.zeros(2, 1, 1, 5)
+    bias[1] = float("-inf")
+    out = attention(q, k, v, bias, 0.1, training=True)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(attention(q, k, v, bias, 0.0, training=True), reference)

@@ -32,8 +32,9 @@ LOADER = textwrap.dedent(
         got = model(data["input"]).last_hidden_state
         via_head = backbone(data["input"]).last_hidden_state
     assert torch.equal(got, via_head)
+    # our training-time speech CNN uses contiguous layouts (layout.py): same arithmetic, other rounding
     diff = (got - data["expected"]).abs().max().item()
-    assert diff == 0.0, diff
+    assert diff <= 1e-5, diff
     assert "data2vec_hf" not in sys.modules
     print("ok", type(model).__name__, type(head).__name__)
     """
