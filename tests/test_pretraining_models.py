@@ -128,7 +128,10 @@ def test_save_and_auto_load_reproduce_loss_with_teacher(modality, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(
             # the plain transformers encoder vs our contiguous-layout conv layers (layout.py): rounding only
-            encoder(first).last_hidden_state, backbone(first).last_hidden_state, rtol=0, atol=1e-5
+            encoder(first).last_hidden_state,
+            backbone(first).last_hidden_state,
+            rtol=0,
+            atol=1e-5,
         )
 
 
