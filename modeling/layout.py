@@ -81,8 +81,9 @@ _CONTIGUOUS = {
 
 
 def use_contiguous_conv_layers(module: nn.Module) -> nn.Module:
-    """Swap, in place, every transformers data2vec-audio conv layer with a LayerNorm under ``module``
-    for its contiguous-layout subclass (the group-norm CNN variant and other layers are left alone)."""
+    """Swap, in place, transformers' data2vec-audio CNN layers, positional convolution layers and
+    positional embedding under ``module`` for their contiguous-layout subclasses (exact types only:
+    other modules, subclasses included, are left alone)."""
     for sub in module.modules():
         target = _CONTIGUOUS.get(type(sub))
         if target is not None:
