@@ -6,7 +6,8 @@ step and EMA update — on the same random inputs and masks, and reports:
 
 - ``samples_per_s`` (each original sample counted once, whatever the clone count M) and
   ``masked_targets_per_s`` (every clone counted: the learning signal per second);
-- ``seconds_per_step`` and ``peak_mem_mb`` (peak GPU memory, or on CPU the peak growth of the RSS);
+- ``seconds_per_step`` and ``peak_mem_mb`` (peak GPU memory, or on CPU the peak growth of the RSS,
+  from before the model is built to the last step: model, optimizer state and activations);
 - ``flops_per_step``: model FLOPs of forward + backward, counted by ``torch.utils.flop_counter`` with
   grouped convolutions' weight gradients counted analytically (torch's formula counts them ``groups``
   times too high), and ``achieved_tflops``;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -34,6 +36,7 @@ import torch
 from data2vec_hf.data2vec2_text import Data2Vec2TextConfig, Data2Vec2TextForPreTraining
 from data2vec_hf.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionForPreTraining
 from torch.utils.flop_counter import FlopCounterMode
+from data2vec_hf.pretraining.host_memory import keep_freed_host_memory, release_free_host_memory
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
@@ -53,7 +56,8 @@ GPU_PEAKS = {
 
 
 class PeakMemory:
-    """Peak CUDA memory, or peak RSS growth sampled every 5 ms on CPU."""
+    """Peak CUDA memory, or on CPU the peak growth of the RSS (sampled every 5 ms) over the RSS at the
+    start, after the heap's free memory was given back (kept freed memory would hide the growth)."""
 
     def __init__(self, device):
         self.device, self.peak, self._stop = device, 0, threading.Event()
@@ -67,6 +71,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             return self
+        gc.collect()
+        release_free_host_memory()
         self.start = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -195,9 +201,9 @@ def documented_gpu_peak(device, precision: str) -> tuple[str, float | None]:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def run(name: str, args, device, peak: float | None) -> dict:
-    """One config's timed steps; on CPU (``peak`` None) the matmul peak is measured right before."""
-    peak_before = measured_cpu_peak(args.peak_matmul_size) if device.type == "cpu" else None
+def prepare(name: str, args, device):
+    """``(model, batch, flops, step)``: the config's model and fixed batch, its FLOPs per step and a
+    function running one full training step (returns the masked-target count)."""
     torch.manual_seed(0)
     model, batch = build(name, args.size, args.clone_batch)
     model.to(device).train()
@@ -224,10 +230,18 @@ def run(name: str, args, device, peak: float | None) -> dict:
         model.ema_step(i + 1)
         return int(out.num_masked)
 
-    for i in range(args.warmup):
-        step(i)
-    masked = 0
+    return model, batch, flops, step
+
+
+def run(name: str, args, device, peak: float | None) -> dict:
+    """One config's timed steps; on CPU (``peak`` None) the matmul peak is measured right before. The
+    peak memory covers model, optimizer state and every step."""
+    peak_before = measured_cpu_peak(args.peak_matmul_size) if device.type == "cpu" else None
     with PeakMemory(device) as memory:
+        model, batch, flops, step = prepare(name, args, device)
+        for i in range(args.warmup):
+            step(i)
+        masked = 0
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -267,7 +281,14 @@ def main() -> None:
     parser.add_argument("--size", choices=["base", "tiny"], default="base", help="encoder size")
     parser.add_argument("--clone_batch", type=int, default=None, help="2.0 clones M (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per config")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument(
+        "--warmup", type=int, default=2,
+        help="untimed steps first (2: the host heap reaches its high-water mark, see --keep_host_memory)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep_host_memory", action=argparse.BooleanOptionalAction, default=True,
+        help="CPU: glibc malloc keeps freed memory, as the pretraining loop does (pretraining/host_memory.py)",
+    )  # fmt: skip
     parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     parser.add_argument("--gradient_checkpointing", action="store_true")
@@ -276,6 +297,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    kept = device.type == "cpu" and args.keep_host_memory and keep_freed_host_memory()
     precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
     report = {
         "device": str(device),
@@ -285,6 +307,8 @@ def main() -> None:
         "precision": precision,
         "compile": args.compile,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "host_memory_kept": kept,
+        "warmup_steps": args.warmup,
     }
     names = args.configs.split(",")
     if device.type == "cuda":

@@ -141,6 +141,13 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
         "--torch_compile_backend", default="inductor", help="torch.compile backend (inductor, aot_eager, ...)"
     )
     g.add_argument(
+        "--keep_host_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU training on glibc: malloc keeps freed memory for the next step instead of unmapping it "
+        "(no page faults in steady state; ~10%% faster base steps on 2 cores, peak RSS a little higher)",
+    )
+    g.add_argument(
         "--max_nonfinite_updates",
         type=int,
         default=5,

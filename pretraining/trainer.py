@@ -46,6 +46,7 @@ from .arguments import (
 from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
 from .export import check_output_dir, export
+from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
 from .parallel import FsdpRequest, make_parallel
 
@@ -347,11 +348,13 @@ class PretrainingLoop:
         fsdp = FsdpRequest.from_environment()  # before accelerate's own FSDP plugin can object
         self.accelerator = accelerator = build_accelerator(args, self.output_dir)
         set_seed(args.seed)
+        kept = accelerator.device.type == "cpu" and args.keep_host_memory and keep_freed_host_memory()
         logger.info(
-            "processes: %d, device: %s, mixed precision: %s",
+            "processes: %d, device: %s, mixed precision: %s, freed host memory kept: %s",
             accelerator.num_processes,
             accelerator.device,
             accelerator.mixed_precision,
+            kept,
         )
         with accelerator.main_process_first():  # builds the default corpus / tokenizer once, then caches
             model = build_model(spec, args)
