@@ -35,8 +35,8 @@ import data2vec_hf
 import torch
 from data2vec_hf.data2vec2_text import Data2Vec2TextConfig, Data2Vec2TextForPreTraining
 from data2vec_hf.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionForPreTraining
-from torch.utils.flop_counter import FlopCounterMode
 from data2vec_hf.pretraining.host_memory import keep_freed_host_memory, release_free_host_memory
+from torch.utils.flop_counter import FlopCounterMode
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)

@@ -38,7 +38,9 @@ def keep_freed_host_memory() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse (no ``mmap``, 2 GiB trim threshold) for the
     rest of the process; returns whether it was applied (False on non-glibc systems)."""
     libc = _glibc()
-    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return libc is not None and bool(
+        libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def release_free_host_memory() -> bool:
