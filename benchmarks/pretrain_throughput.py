@@ -6,6 +6,7 @@ step and EMA update — on the same random inputs and masks, and reports:
 
 - ``samples_per_s`` (each original sample counted once, whatever the clone count M) and
   ``masked_targets_per_s`` (every clone counted: the learning signal per second);
+- ``page_faults_per_step`` and ``system_seconds_per_step`` (host memory churn of the timed steps);
 - ``seconds_per_step`` and ``peak_mem_mb`` (peak GPU memory, or on CPU the peak growth of the RSS,
   from before the model is built to the last step: model, optimizer state and activations);
 - ``flops_per_step``: model FLOPs of forward + backward, counted by ``torch.utils.flop_counter`` with
@@ -28,6 +29,7 @@ import gc
 import json
 import math
 import os
+import resource
 import threading
 import time
 
@@ -244,12 +246,13 @@ def run(name: str, args, device, peak: float | None) -> dict:
         masked = 0
         if device.type == "cuda":
             torch.cuda.synchronize()
-        started = time.perf_counter()
+        usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for i in range(args.steps):
             masked += step(args.warmup + i)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
     samples = args.steps * next(iter(batch.values())).shape[0]
     achieved = flops * args.steps / elapsed
     result = {
@@ -258,6 +261,9 @@ def run(name: str, args, device, peak: float | None) -> dict:
         "masked_per_step": masked // args.steps,
         "seconds_per_step": round(elapsed / args.steps, 3),
         "peak_mem_mb": round(memory.peak / 2**20, 1),
+        # host memory churn: the page faults and kernel time of the timed steps (see --keep_host_memory)
+        "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) // args.steps,
+        "system_seconds_per_step": round((after.ru_stime - usage.ru_stime) / args.steps, 3),
         "parameters_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2),
         "flops_per_step": flops,
         "achieved_tflops": round(achieved / 1e12, 4),

@@ -23,7 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from .dropout import Dropout, apply_dropout, attention
-from .layout import transpose_contiguous
+from .layout import ContiguousPositionalConvEmbedding, conv_time_major, transpose_contiguous
 from .objective import Data2VecObjectiveConfigMixin, Data2VecPreTrainingMixin, Data2VecPreTrainingOutput
 from .remote_code import package_only
 from .targets import record_outputs
@@ -203,6 +203,8 @@ def conv_positions(relative: nn.Module, x: torch.Tensor, padding_mask: torch.Ten
     padded in; its pretraining never pads, and without padding the two are the same)."""
     if padding_mask is None or not hasattr(relative, "layers"):
         return relative(x)
+    if isinstance(relative, ContiguousPositionalConvEmbedding):
+        return relative(x, keep=(~padding_mask).unsqueeze(-1).to(x.dtype))
     keep = (~padding_mask).unsqueeze(1).to(x.dtype)
     h = transpose_contiguous(x) * keep
     for layer in relative.layers:
@@ -345,14 +347,14 @@ class Decoder(nn.Module):
         keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(x.dtype)
         residual = x
         for conv in self.convs:
-            # the convolution runs channels-first, the rest channels-last, all contiguous (layout.py)
-            h = transpose_contiguous(x if keep is None else x * keep)
-            if self.grid is not None:
-                h = h.reshape(batch, h.shape[1], *self.grid)
-            h = conv(h)
-            if self.kernel % 2 == 0:  # "same" padding for even kernels: drop the extra step
-                h = h[..., :-1] if h.dim() == 3 else h[..., :-1, :-1]
-            x = transpose_contiguous(h.reshape(batch, h.shape[1], length))
+            h = x if keep is None else x * keep
+            if self.grid is None:  # channels-last, no transposes on the CPU (layout.py)
+                x = conv_time_major(conv, h)
+                x = x[:, :-1] if self.kernel % 2 == 0 else x  # "same" padding for even kernels
+            else:  # the convolution runs channels-first, the rest channels-last, all contiguous
+                h = conv(transpose_contiguous(h).reshape(batch, h.shape[-1], *self.grid))
+                h = h[..., :-1, :-1] if self.kernel % 2 == 0 else h
+                x = transpose_contiguous(h.reshape(batch, h.shape[1], length))
             x = F.gelu(F.layer_norm(x, x.shape[-1:]))
             if self.residual and residual.shape == x.shape:
                 x = x + residual

@@ -28,11 +28,11 @@ def test_transpose_contiguous_makes_values_and_gradients_contiguous():
     assert x.grad.is_contiguous() and torch.equal(x.grad, weight.transpose(1, 2))
 
 
-def _audio_backbones():
+def _audio_backbones(conv_pos_kernel_size=5):
     config = Data2VecAudioConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         conv_dim=(16, 16, 16), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2),
-        num_conv_pos_embeddings=3, conv_pos_kernel_size=5, num_conv_pos_embedding_groups=4,
+        num_conv_pos_embeddings=3, conv_pos_kernel_size=conv_pos_kernel_size, num_conv_pos_embedding_groups=4,
         apply_spec_augment=False, layerdrop=0.0,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -43,8 +43,9 @@ def _audio_backbones():
     return plain, fast
 
 
-def test_contiguous_audio_conv_layers_match_transformers():
-    plain, fast = _audio_backbones()
+@pytest.mark.parametrize("conv_pos_kernel_size", [5, 4])  # odd; even drops the last step
+def test_contiguous_audio_conv_layers_match_transformers(conv_pos_kernel_size):
+    plain, fast = _audio_backbones(conv_pos_kernel_size)
     assert all(type(layer) is not Data2VecAudioConvLayer for layer in fast.feature_extractor.conv_layers)
     assert fast.state_dict().keys() == plain.state_dict().keys()
     audio = torch.randn(2, 1600)
@@ -62,6 +63,33 @@ def test_contiguous_audio_conv_layers_match_transformers():
         scale = reference.abs().max().clamp_min(1e-3)  # k_proj.bias: zero in theory, rounding noise here
         error = (grads[1][name] - reference).abs().max() / scale
         assert error < 1e-5, (name, error.item())
+
+
+@pytest.mark.parametrize("conv_pos_kernel_size", [5, 4])
+def test_positional_convolution_with_padding_matches_transposed_formulation(conv_pos_kernel_size):
+    """The channels-last positional convolution with a padding mask (zeroed before every layer and in
+    the output) equals the channels-first one of transformers' layers, values and gradients."""
+    from data2vec_hf.data2vec2 import conv_positions
+
+    plain, fast = _audio_backbones(conv_pos_kernel_size)
+    padding = torch.zeros(2, 11, dtype=torch.bool)
+    padding[1, 7:] = True
+    x = torch.randn(2, 11, 32, requires_grad=True)
+    results = []
+    for model in (plain, fast):
+        x.grad = None
+        model.zero_grad()
+        out = conv_positions(model.encoder.pos_conv_embed, x, padding)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append(
+            (out, x.grad.clone(), [p.grad.clone() for p in model.encoder.pos_conv_embed.parameters()])
+        )
+    (ref, ref_grad_x, ref_grads), (out, grad_x, grads) = results
+    assert out[1, 7:].abs().max() == 0  # padded steps stay zero
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-4, atol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
 def _reference_decoder(decoder: Decoder, x, padding_mask=None):
