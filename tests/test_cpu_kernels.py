@@ -210,31 +210,26 @@ spec = importlib.util.spec_from_file_location("host_memory", sys.argv[2])  # wit
 host_memory = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(host_memory)
 applied = host_memory.keep_freed_host_memory() if sys.argv[1] == "keep" else None
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(6):  # the heap settles at its high-water mark (it takes glibc a few reallocations)
-    torch.ones(16 * 2**20).sum()  # 64 MiB, written
-before = faults()
-for _ in range(5):
-    torch.ones(16 * 2**20).sum()
-print(applied, faults() - before)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(40):
+    torch.ones(16 * 2**20).sum()  # a 64 MiB activation, written, then freed
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_kept_host_memory_is_reused_without_page_faults():
-    """A freed 64 MiB activation is unmapped by default and faulted in again (16 k pages) on the next
-    allocation; with the freed memory kept, reallocating it costs (almost) no page faults."""
-
+    """By default a freed 64 MiB activation is unmapped, and every reallocation faults its 16 k pages in
+    again. With freed memory kept, only the heap's growth to its high-water mark faults: small
+    allocations in between split freed blocks, so glibc takes a few rounds (here 3-6) to settle."""
     from data2vec_hf.pretraining import host_memory
 
-    def faults(mode):
+    def faulted_tensors(mode):
         out = subprocess.run([sys.executable, "-c", FAULTS_OF_REALLOCATION, mode, host_memory.__file__],
                              capture_output=True, text=True, check=True)  # fmt: skip
         applied, count = out.stdout.split()
-        return applied, int(count)
+        return applied, int(count) / (64 * 2**20 // 4096)  # faults per 64 MiB of pages
 
-    applied, kept = faults("keep")
-    assert applied == "True" and kept < 500
-    pages = 5 * 16 * 2**20 // 4096
-    assert faults("default")[1] > pages // 2  # most of the 5 x 16 k pages are faulted in again
+    applied, kept = faulted_tensors("keep")
+    assert applied == "True" and kept <= 15
+    assert faulted_tensors("default")[1] >= 35  # (almost) every one of the 40
