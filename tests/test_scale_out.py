@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -47,9 +49,26 @@ def launch(script: str, args: list[str], how: list[str], **popen):
     if popen:
         return subprocess.Popen(command, env=ENV, cwd=ROOT, start_new_session=True, **popen)
     result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    fresh = "--resume_from_checkpoint" not in args  # a resumed run must not lose its checkpoint
+    if result.returncode != 0 and "(SIGABRT)" in result.stderr and fresh:
+        # A rank of a 2-process gloo run has been seen to abort, rarely (2 in about 10 full CI runs, never
+        # in 15 runs of the same launch alone), leaving no Python traceback. Until the cause is found:
+        # report what the process printed, and run the launch once more from a clean output folder.
+        warnings.warn(
+            f"{script}: a rank aborted; launching again. Its messages:\n" + crash_lines(result.stderr),
+            stacklevel=2,
+        )
+        shutil.rmtree(args[args.index("--output_dir") + 1], ignore_errors=True)
+        result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]
-    assert result.returncode == 0, "\n".join(errors[:20]) + result.stderr[-2000:]
+    assert result.returncode == 0, crash_lines(result.stderr) + "\n".join(errors[:20]) + result.stderr[-2000:]
     return result
+
+
+def crash_lines(stderr: str) -> str:
+    """The lines of a launch's stderr that say why a process died in C++ (they carry no traceback)."""
+    keys = ("terminate called", "what()", "abort", "Abort", "corrupt", "free(", "gloo", "Gloo", "Assertion")
+    return "\n".join(line for line in stderr.splitlines() if any(key in line for key in keys))[-3000:] + "\n"
 
 
 def summary(out: Path) -> dict:
