@@ -9,9 +9,10 @@ largest convolution backward took 0.60 s in such a step, 0.25 s without the faul
 10 % (audio 2.0) to 24 % (text 2.0) faster without them.
 
 :func:`keep_freed_host_memory` turns ``mmap`` off for ``malloc`` and raises the trim threshold to 2 GiB,
-so freed blocks stay in the heap and the next step reuses them: no page faults from the third step on
-(a fraction of the page-fault count is still paid while the heap grows to its high-water mark), and a
-peak RSS 2-4 % higher. The price: free memory inside the heap is never returned to the system while
+so freed blocks stay in the heap and the next step reuses them: from the third step on, 0-5 k page
+faults a step instead of 60-300 k (the first steps still pay while the heap grows to its high-water
+mark; in a benchmark process running several models one after the other, a few thousand remain), and
+a peak RSS 2-4 % higher. The price: free memory inside the heap is never returned to the system while
 the process lives (``--no-keep_host_memory`` where host memory is tight). jemalloc or tcmalloc
 preloaded with memory release off do the same; this needs neither an extra library nor a relaunch.
 Other C libraries and systems are left alone.
