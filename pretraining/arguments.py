@@ -145,7 +145,7 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="CPU training on glibc: malloc keeps freed memory for the next step instead of unmapping it "
-        "(no page faults in steady state; ~10%% faster base steps on 2 cores, peak RSS a little higher)",
+        "(almost no page faults in steady state; base steps 10-24%% faster on 2 cores, peak RSS a little higher)",
     )
     g.add_argument(
         "--max_nonfinite_updates",
