@@ -52,7 +52,8 @@ DATA2VEC2_DOC = """
             the convolutional decoder.
         cls_loss (`float`): weight of the CLS-token loss (student CLS vs. time-mean of the targets).
         ema_encoder_only (`bool`): the teacher averages the transformer blocks only.
-        ema_local_encoder (`bool`): the teacher also has its own local encoder (images).
+        ema_local_encoder (`bool`): the teacher also has its own local encoder (images; it also kept a
+            small audio model from collapsing, see the README).
 """
 
 

@@ -72,6 +72,7 @@ def test_learning_efficiency_writes_curves_baselines_and_plot(tmp_path):
         sys.executable, str(ROOT / "benchmarks" / "learning_efficiency.py"), "--size", "tiny",
         "--budget_seconds", "2", "--eval_points", "1", "--max_probe_examples", "40",
         "--max_train_samples", "64", "--output_dir", str(tmp_path),
+        "--extra_args", "--learning_rate 0.0003",  # passed on to every pretraining run's parser
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,6 +89,7 @@ def test_learning_efficiency_writes_curves_baselines_and_plot(tmp_path):
         assert 0 <= base["chance"] < 1 and 0 <= base["linear"] <= 1 and 0 <= base["knn"] <= 1
         assert [run["version"] for run in entry["runs"]] == [1, 2]
         for run in entry["runs"]:
+            assert run["learning_rate"] == 3e-4 and run["extra_args"] == "--learning_rate 0.0003"
             curve = run["curve"]
             assert curve[0]["updates"] == 0 and curve[0]["seconds"] == 0  # the random init
             assert len(curve) == 2 and curve[1]["updates"] == run["updates"] > 0, (modality, run)
