@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra_args",
         default="",
-        help="further pretraining flags for every model, as one string (e.g. '--bpe_vocab_size 2048')",
+        help="further pretraining flags for every model, as one string; every modality run must accept them "
+        "(e.g. '--bpe_vocab_size 2048' with --modalities text)",
     )
     parser.add_argument("--knn_k", type=int, default=20, help="k of the k-NN probe")
     parser.add_argument(
