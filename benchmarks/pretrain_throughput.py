@@ -17,9 +17,6 @@ step and EMA update — on the same random inputs and masks, and reports:
   end, the highest of these (``peak.measured_tflops``). On a GPU it is the documented dense peak of
   the device for the run's precision (``peak.documented_tflops``).
 
-On the CPU the process runs as the pretraining loop does: glibc keeps freed memory
-(``--keep_host_memory``) and denormal floats are flushed to zero (``--flush_denormals``).
-
 Prints one JSON object. ``--configs audio-v1,audio-v2,vision-v2,text-v2`` (default) picks what runs;
 ``--size base`` (default) or ``tiny``.
 """
@@ -40,7 +37,6 @@ import data2vec_hf
 import torch
 from data2vec_hf.data2vec2_text import Data2Vec2TextConfig, Data2Vec2TextForPreTraining
 from data2vec_hf.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionForPreTraining
-from data2vec_hf.pretraining.denormals import flush_denormals
 from data2vec_hf.pretraining.host_memory import keep_freed_host_memory, release_free_host_memory
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -299,10 +295,6 @@ def main() -> None:
         "--keep_host_memory", action=argparse.BooleanOptionalAction, default=True,
         help="CPU: glibc malloc keeps freed memory, as the pretraining loop does (pretraining/host_memory.py)",
     )  # fmt: skip
-    parser.add_argument(
-        "--flush_denormals", action=argparse.BooleanOptionalAction, default=True,
-        help="CPU: flush denormal floats to zero, as the pretraining loop does (pretraining/denormals.py)",
-    )  # fmt: skip
     parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     parser.add_argument("--gradient_checkpointing", action="store_true")
@@ -312,7 +304,6 @@ def main() -> None:
 
     device = torch.device(args.device)
     kept = device.type == "cpu" and args.keep_host_memory and keep_freed_host_memory()
-    flushed = device.type == "cpu" and args.flush_denormals and flush_denormals()
     precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
     report = {
         "device": str(device),
@@ -323,7 +314,6 @@ def main() -> None:
         "compile": args.compile,
         "gradient_checkpointing": args.gradient_checkpointing,
         "host_memory_kept": kept,
-        "denormals_flushed": flushed,
         "warmup_steps": args.warmup,
     }
     names = args.configs.split(",")

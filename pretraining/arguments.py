@@ -148,13 +148,6 @@ def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:
         "(almost no page faults in steady state; base steps 10-24%% faster on 2 cores, peak RSS a little higher)",
     )
     g.add_argument(
-        "--flush_denormals",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="CPU training: flush float32 values below 1.2e-38 to zero (the CPU's FTZ/DAZ modes; "
-        "base audio 2.0 steps 2-7%% faster, see pretraining/denormals.py)",
-    )
-    g.add_argument(
         "--max_nonfinite_updates",
         type=int,
         default=5,

@@ -45,7 +45,6 @@ from .arguments import (
 )
 from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
-from .denormals import flush_denormals
 from .export import check_output_dir, export
 from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
@@ -349,16 +348,13 @@ class PretrainingLoop:
         fsdp = FsdpRequest.from_environment()  # before accelerate's own FSDP plugin can object
         self.accelerator = accelerator = build_accelerator(args, self.output_dir)
         set_seed(args.seed)
-        on_cpu = accelerator.device.type == "cpu"
-        kept = on_cpu and args.keep_host_memory and keep_freed_host_memory()
-        flushed = on_cpu and args.flush_denormals and flush_denormals()
+        kept = accelerator.device.type == "cpu" and args.keep_host_memory and keep_freed_host_memory()
         logger.info(
-            "processes: %d, device: %s, mixed precision: %s, freed host memory kept: %s, denormals flushed: %s",
+            "processes: %d, device: %s, mixed precision: %s, freed host memory kept: %s",
             accelerator.num_processes,
             accelerator.device,
             accelerator.mixed_precision,
             kept,
-            flushed,
         )
         with accelerator.main_process_first():  # builds the default corpus / tokenizer once, then caches
             model = build_model(spec, args)

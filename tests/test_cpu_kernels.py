@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -234,32 +233,3 @@ def test_kept_host_memory_is_reused_without_page_faults():
     applied, kept = faulted_tensors("keep")
     assert applied == "True" and kept <= 15
     assert faulted_tensors("default")[1] >= 35  # (almost) every one of the 40
-
-
-FLUSH_AFTER_THREADS_START = """
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import denormals
-torch.set_num_threads(2)
-torch.ones(4_000_000).sum()  # the worker threads exist before the mode is set
-tiny = torch.full((8_000_000,), denormals.SMALLEST_NORMAL)  # split over both threads
-before = denormals.denormals_flushed(), int(((tiny * 0.5) != 0).sum())
-supported = denormals.flush_denormals()
-after = denormals.denormals_flushed(), int(((tiny * 0.5) != 0).sum())
-print(supported, *before, *after)
-"""
-
-
-def test_flushed_denormals_are_zero_on_every_thread():
-    """Half the smallest normal float32 is denormal: kept as is by default, zero on every element (both
-    threads' halves) once the loop's ``flush_denormals`` ran, although the worker thread started before
-    (``torch.set_flush_denormal`` alone leaves 4000000 of them: the worker's half)."""
-    from data2vec_hf.pretraining import denormals
-
-    folder = str(Path(denormals.__file__).parent)
-    out = subprocess.run([sys.executable, "-c", FLUSH_AFTER_THREADS_START, folder],
-                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    supported, flushed_before, nonzero_before, flushed_after, nonzero_after = out
-    assert (flushed_before, nonzero_before) == ("False", "8000000")
-    if supported == "True":  # x86 with SSE3
-        assert (flushed_after, nonzero_after) == ("True", "0")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -187,11 +186,7 @@ def test_script_end_to_end(modality, version, tmp_path):
     if version == 2:
         args[args.index("--config_overrides") + 1] = TINY_V2[modality]
         args += ["--version", "2"]
-    run = launch(f"pretrain_{modality}.py", args)
-    check_ok(run)
-    # CPU training keeps freed host memory and flushes denormals by default (on x86 with SSE3)
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    assert f"freed host memory kept: True, denormals flushed: {x86}" in run.stderr
+    check_ok(launch(f"pretrain_{modality}.py", args))
     result = summary(out)
     assert result["updates"] == 3 and np.isfinite(result["last"]["loss"])
     encoder = AutoModel.from_pretrained(out)
