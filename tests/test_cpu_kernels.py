@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from data2vec_hf.data2vec2 import Decoder
 from data2vec_hf.dropout import Dropout, apply_dropout, attention, dropout_multiplier
-from data2vec_hf.layout import transpose_contiguous, use_contiguous_conv_layers
+from data2vec_hf.layout import (
+    TimeMajorFeatureEncoder,
+    transpose_contiguous,
+    use_contiguous_conv_layers,
+    window_convolution,
+)
 from transformers import Data2VecAudioConfig, Data2VecAudioModel
 from transformers.models.data2vec.modeling_data2vec_audio import Data2VecAudioConvLayer
 
@@ -47,6 +52,7 @@ def _audio_backbones(conv_pos_kernel_size=5):
 def test_contiguous_audio_conv_layers_match_transformers(conv_pos_kernel_size):
     plain, fast = _audio_backbones(conv_pos_kernel_size)
     assert all(type(layer) is not Data2VecAudioConvLayer for layer in fast.feature_extractor.conv_layers)
+    assert type(fast.feature_extractor) is TimeMajorFeatureEncoder  # the CPU path: window GEMMs
     assert fast.state_dict().keys() == plain.state_dict().keys()
     audio = torch.randn(2, 1600)
     outputs, grads = [], []
@@ -63,6 +69,30 @@ def test_contiguous_audio_conv_layers_match_transformers(conv_pos_kernel_size):
         scale = reference.abs().max().clamp_min(1e-3)  # k_proj.bias: zero in theory, rounding noise here
         error = (grads[1][name] - reference).abs().max() / scale
         assert error < 1e-5, (name, error.item())
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, length, bias",
+    [(10, 5, 203, True), (3, 2, 64, False), (3, 2, 65, True), (2, 2, 33, False), (1, 3, 20, True)],
+)  # overlapping windows, a tail no window reads, windows side by side, gaps between windows
+def test_window_convolution_is_conv1d(kernel, stride, length, bias):
+    """Values and all three gradients equal ``F.conv1d`` on the channels-first transpose."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 5, kernel, stride=stride, bias=bias).double()
+    x = torch.randn(3, length, 6, dtype=torch.float64, requires_grad=True)
+    weight_grads = []
+    for time_major in (True, False):
+        conv.zero_grad()
+        x.grad = None
+        if time_major:
+            y = window_convolution(conv, x)
+        else:
+            y = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, stride).transpose(1, 2)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        weight_grads.append((y.detach(), x.grad.clone(), *(p.grad.clone() for p in conv.parameters())))
+    assert weight_grads[0][0].shape == (3, (length - kernel) // stride + 1, 5)
+    for ours, reference in zip(*weight_grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("conv_pos_kernel_size", [5, 4])
