@@ -79,6 +79,7 @@ class WindowConvolution(torch.autograd.Function):
     windows do not overlap)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")  # CPU only; the backward runs under the forward's autocast
     def forward(ctx, x, weight, bias, stride: int):
         batch, length, channels = x.shape
         out_channels, _, kernel = weight.shape
@@ -94,6 +95,7 @@ class WindowConvolution(torch.autograd.Function):
         return y.view(batch, frames, out_channels)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         windows, flat_weight = ctx.saved_tensors
         batch, length, channels, frames, kernel, stride = ctx.geometry

@@ -704,7 +704,18 @@ class PretrainingLoop:
         teacher = list(self.unwrapped.teacher.parameters())
         student = [p for n, p in self.unwrapped.named_parameters() if not n.startswith("teacher.")]
         counts = torch.tensor([[local(student), local(teacher)]], device=self.accelerator.device)
-        gathered = self.accelerator.gather(counts).tolist()
+        gathered = counts
+        if self.accelerator.num_processes > 1:
+            gathered = counts.new_empty(self.accelerator.num_processes, 2)
+            work = torch.distributed.all_gather_into_tensor(gathered, counts, async_op=True)
+            work.wait()
+            # The last collective before exit: Python keeps its work (and so its tensors) alive, so
+            # that gloo's worker thread is not the one that frees them. Freeing them needs the GIL;
+            # a process with nothing to export reached interpreter exit before the worker had it now
+            # and then, and the worker, refused the GIL at exit, aborted the process ("terminate
+            # called without an active exception", SIGABRT) after a run that had written everything.
+            self._last_collective = work
+        gathered = gathered.tolist()
         return {"student": [row[0] for row in gathered], "teacher": [row[1] for row in gathered],
                 "student_total": sum(p.numel() for p in student), "teacher_total": sum(p.numel() for p in teacher)}  # fmt: skip
 
