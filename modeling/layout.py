@@ -81,6 +81,7 @@ class WindowConvolution(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")  # CPU only; the backward runs under the forward's autocast
     def forward(ctx, x, weight, bias, stride: int):
+        x = x.contiguous()  # the windows below are strides of a contiguous tensor (a crop is not one)
         batch, length, channels = x.shape
         out_channels, _, kernel = weight.shape
         frames = (length - kernel) // stride + 1

@@ -75,23 +75,25 @@ def test_contiguous_audio_conv_layers_match_transformers(conv_pos_kernel_size):
     "kernel, stride, length, bias",
     [(10, 5, 203, True), (3, 2, 64, False), (3, 2, 65, True), (2, 2, 33, False), (1, 3, 20, True)],
 )  # overlapping windows, a tail no window reads, windows side by side, gaps between windows
-def test_window_convolution_is_conv1d(kernel, stride, length, bias):
+@pytest.mark.parametrize("cropped", [False, True])  # a crop of a longer batch is not contiguous
+def test_window_convolution_is_conv1d(kernel, stride, length, bias, cropped):
     """Values and all three gradients equal ``F.conv1d`` on the channels-first transpose."""
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(6, 5, kernel, stride=stride, bias=bias).double()
-    x = torch.randn(3, length, 6, dtype=torch.float64, requires_grad=True)
-    weight_grads = []
+    source = torch.randn(3, length + 7 * cropped, 6, dtype=torch.float64, requires_grad=True)
+    results = []
     for time_major in (True, False):
         conv.zero_grad()
-        x.grad = None
+        source.grad = None
+        x = source[:, 3 : 3 + length] if cropped else source
         if time_major:
             y = window_convolution(conv, x)
         else:
             y = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, stride).transpose(1, 2)
         (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
-        weight_grads.append((y.detach(), x.grad.clone(), *(p.grad.clone() for p in conv.parameters())))
-    assert weight_grads[0][0].shape == (3, (length - kernel) // stride + 1, 5)
-    for ours, reference in zip(*weight_grads):
+        results.append((y.detach(), source.grad.clone(), *(p.grad.clone() for p in conv.parameters())))
+    assert results[0][0].shape == (3, (length - kernel) // stride + 1, 5)
+    for ours, reference in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
