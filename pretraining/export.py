@@ -37,10 +37,8 @@ def check_output_dir(args) -> Path:
 
 def export(accelerator, unwrapped, processor, args, spec, progress, last_metrics: dict):
     """Write the student encoder (a plain transformers checkpoint for v1), its processor, the full
-    pretraining checkpoint in ``pretraining_model/`` and a model card; push when asked. ``unwrapped`` is
-    the pretraining model with full tensors (on the main process)."""
-    from data2vec_hf.hub import push_folder_to_hub
-
+    pretraining checkpoint in ``pretraining_model/`` and a model card (:func:`push_output` uploads them).
+    ``unwrapped`` is the pretraining model with full tensors (on the main process)."""
     if not accelerator.is_main_process:
         return
     output_dir = Path(args.output_dir)
@@ -63,13 +61,33 @@ def export(accelerator, unwrapped, processor, args, spec, progress, last_metrics
             f"exporting the model to {output_dir} failed ({reason}); the training checkpoints in "
             f"{output_dir / 'checkpoints'} are intact"
         ) from error
-    if args.push_to_hub:
+
+
+class PushError(CheckpointError):
+    """``--push_to_hub`` failed at the end of a run; the output folder is complete and stays as it is."""
+
+
+def push_output(accelerator, args) -> None:
+    """``--push_to_hub``: upload the finished output folder in one commit (main process). Called after
+    ``train_summary.json`` is written, so that a failed push loses nothing; a refused token or a Hub that
+    stays unavailable is a :class:`PushError` naming the repository."""
+    from data2vec_hf.hub import HubPushError, push_folder_to_hub
+
+    if not (args.push_to_hub and accelerator.is_main_process):
+        return
+    output_dir = Path(args.output_dir)
+    try:
         push_folder_to_hub(
             output_dir,
             args.hub_model_id or output_dir.name,
             token=args.hub_token,
             private=args.hub_private_repo or None,
         )
+    except HubPushError as error:
+        raise PushError(
+            f"--push_to_hub: {error}; nothing is lost: {output_dir} holds the model, the checkpoints and "
+            "train_summary.json"
+        ) from error
 
 
 def write_export(

@@ -763,6 +763,9 @@ class PretrainingLoop:
                 }
             (self.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         accelerator.end_training()
+        from .export import push_output
+
+        push_output(accelerator, self.args)  # last: a failed push leaves the whole run on disk
 
 
 def threading_main() -> bool:

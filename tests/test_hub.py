@@ -1,140 +1,19 @@
-"""The one Hub upload path, against a local stand-in for the Hub HTTP API that records every commit."""
+"""The one Hub upload path, against a local stand-in for the Hub HTTP API that records every commit
+(``hub_stand_in.py``): regular and LFS files, a refused token, transient 5xx answers."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 
 import pytest
 import torch
-import yaml
-from data2vec_hf.hub import files_to_push, push_folder_to_hub
+from data2vec_hf import hub as hub_module
+from data2vec_hf.hub import HubPushError, files_to_push, push_folder_to_hub
+from hub_stand_in import HubStandIn
 from safetensors.torch import load, save_file
 
 DUMMY_TOKEN = "hf_dummy_token_for_the_local_stand_in"
-
-
-class HubStandIn:
-    """Just enough of the Hub HTTP API for ``HfApi.create_repo`` + ``create_commit``, on 127.0.0.1.
-
-    Every file is answered ``uploadMode: regular``, so its bytes travel inline (base64) in the
-    commit's ndjson payload and the stand-in holds exactly what the Hub would store. ``commits`` lists
-    ``{"repo_id", "revision", "summary", "files": {path: bytes}, "lfs_files": [...]}``;
-    ``requests`` lists ``(method, path)`` of every call, ``unknown`` those it could not answer.
-    """
-
-    def __init__(self):
-        self.repos: dict[str, dict] = {}
-        self.commits: list[dict] = []
-        self.requests: list[tuple[str, str]] = []
-        self.unknown: list[tuple[str, str]] = []
-        self.authorization: set[str] = set()
-        self._lock = threading.Lock()
-
-    # -- server lifecycle --------------------------------------------------------------------------
-
-    def __enter__(self) -> HubStandIn:
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
-            def do_GET(self):
-                stand_in._handle(self, "GET")
-
-            def do_POST(self):
-                stand_in._handle(self, "POST")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    # -- API ---------------------------------------------------------------------------------------
-
-    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
-        path = handler.path.split("?")[0]
-        with self._lock:
-            self.requests.append((method, path))
-            self.authorization.add(handler.headers.get("authorization", ""))
-            status, payload = self._route(method, path, body)
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        if status == 404:
-            handler.send_header("X-Error-Code", "RepoNotFound")
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    def _route(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
-        if method == "POST" and path == "/api/repos/create":
-            request = json.loads(body)
-            # like the Hub: a name without a namespace goes to the token's user (here always "user")
-            repo_id = f"{request.get('organization') or 'user'}/{request['name']}"
-            if repo_id in self.repos:
-                return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
-            self.repos[repo_id] = {"type": request.get("type"), "visibility": request.get("visibility")}
-            return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}
-        if method == "POST" and path == "/api/validate-yaml":
-            content = json.loads(body)["content"]
-            match = re.match(r"^---\n(.*?)\n---\n", content, re.DOTALL)
-            try:
-                metadata = yaml.safe_load(match.group(1)) if match else {}
-            except yaml.YAMLError as error:
-                return 400, {"errors": [{"message": str(error)}]}
-            if not isinstance(metadata, dict):
-                return 400, {"errors": [{"message": "metadata is not a mapping"}]}
-            return 200, {"errors": [], "warnings": []}
-        match = re.fullmatch(r"/api/models/(.+)/(preupload|commit)/([^/]+)", path)
-        if method == "POST" and match:
-            repo_id, action, revision = match.groups()
-            if repo_id not in self.repos:
-                return 404, {"error": "Repository not found"}
-            if action == "preupload":
-                files = json.loads(body)["files"]
-                return 200, {
-                    "files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                        for f in files
-                    ]
-                }
-            return 200, self._commit(repo_id, revision, body)
-        self.unknown.append((method, path))
-        return 404, {"error": f"the stand-in does not implement {method} {path}"}
-
-    def _commit(self, repo_id: str, revision: str, body: bytes) -> dict:
-        commit = {"repo_id": repo_id, "revision": revision, "summary": None, "files": {}, "lfs_files": []}
-        for line in body.decode().splitlines():
-            item = json.loads(line)
-            if item["key"] == "header":
-                commit["summary"] = item["value"]["summary"]
-            elif item["key"] == "file":
-                assert item["value"]["encoding"] == "base64"
-                commit["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-            else:
-                commit["lfs_files"].append(item["value"])
-        self.commits.append(commit)
-        oid = hashlib.sha1(body).hexdigest()
-        return {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
 
 
 @pytest.fixture
@@ -145,6 +24,9 @@ def hub(monkeypatch):
     with HubStandIn() as stand_in:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        # with hf_xet installed huggingface_hub sends LFS files to Xet storage, which the stand-in does
+        # not implement; without it, the legacy LFS batch protocol
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "ENDPOINT", stand_in.url)
         monkeypatch.setenv("HF_ENDPOINT", stand_in.url)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -217,13 +99,16 @@ def test_push_sends_exactly_the_expected_files_in_one_commit(hub, tmp_path):
     assert hub.unknown == [] and hub.authorization == {f"Bearer {DUMMY_TOKEN}"}
 
 
-def test_second_push_reuses_the_repository(hub, tmp_path):
+def test_second_push_reuses_the_repository_and_commits_what_changed(hub, tmp_path):
     make_output_folder(tmp_path)
     push_folder_to_hub(tmp_path, "tiny-model", token=DUMMY_TOKEN, commit_message="first")
+    (tmp_path / "all_results.json").write_text('{"eval_accuracy": 0.5}')
     push_folder_to_hub(tmp_path, "tiny-model", token=DUMMY_TOKEN, commit_message="second")
     assert [c["summary"] for c in hub.commits] == ["first", "second"]
     assert list(hub.repos) == ["user/tiny-model"]
     assert {c["repo_id"] for c in hub.commits} == {"user/tiny-model"}
+    # the Hub reports what it holds (preupload oids): unchanged files are left out of the second commit
+    assert set(hub.commits[1]["files"]) == {"all_results.json"}
 
 
 def test_pickled_weights_only_are_refused_before_any_request(hub, tmp_path):
@@ -240,3 +125,101 @@ def test_invalid_card_metadata_is_rejected(hub, tmp_path):
     with pytest.raises(ValueError, match="Invalid metadata"):
         push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
     assert hub.commits == []
+
+
+# -- LFS, a refused token, transient faults ----------------------------------------------------------
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The waits of every retry (ours and huggingface_hub's), recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(time, "sleep", recorded.append)
+    return recorded
+
+
+def test_large_files_go_through_lfs_with_their_bytes_intact(hub, tmp_path):
+    make_output_folder(tmp_path)
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    hub.lfs_threshold = len(weights) - 1  # only the weights are large enough
+    push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
+
+    (commit,) = hub.commits
+    oid = hashlib.sha256(weights).hexdigest()
+    assert commit["lfs_files"] == [
+        {"path": "model.safetensors", "algo": "sha256", "oid": oid, "size": len(weights)}
+    ]
+    assert hub.lfs_objects == {oid: weights}
+    assert set(commit["files"]) == EXPECTED - {"model.safetensors"}
+    assert hub.commit_contents(commit) == {name: (tmp_path / name).read_bytes() for name in EXPECTED}
+    lfs_calls = [r for r in hub.requests if "lfs" in r[1]]
+    assert lfs_calls == [
+        ("POST", "/someone/tiny-model.git/info/lfs/objects/batch"),
+        ("PUT", f"/lfs-storage/{oid}"),
+        ("POST", "/someone/tiny-model.git/info/lfs/objects/verify"),
+    ]
+    assert hub.unknown == [] and hub.authorization == {f"Bearer {DUMMY_TOKEN}"}
+
+
+def test_a_refused_token_is_a_one_line_error_naming_the_repository(hub, tmp_path, waits):
+    make_output_folder(tmp_path)
+    hub.refuse_tokens = True
+    with pytest.raises(HubPushError) as caught:
+        push_folder_to_hub(tmp_path, "someone/tiny-model", token="hf_revoked")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("the Hub refused the token for someone/tiny-model (401 Unauthorized: ")
+    assert "hf auth login" in message and "--hub_token" in message
+    assert hub.commits == [] and waits == []  # a 401 is not retried
+    assert {status for _, _, status in hub.failed} == {401}
+
+
+@pytest.mark.parametrize("kind", ["create_repo", "validate_yaml", "commit"])
+def test_the_calls_huggingface_hub_sends_once_are_retried_with_backoff(hub, tmp_path, waits, kind):
+    make_output_folder(tmp_path)
+    hub.fail_first = {kind: 2}
+    info = push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
+    assert len(hub.commits) == 1 and set(hub.commits[0]["files"]) == EXPECTED
+    assert info.oid == hub.heads["someone/tiny-model"]
+    assert [status for _, _, status in hub.failed] == [503, 503]
+    assert waits == [hub_module.RETRY_WAIT_SECONDS, 2 * hub_module.RETRY_WAIT_SECONDS]
+
+
+def test_huggingface_hub_retries_preupload_and_the_lfs_transfer_itself(hub, tmp_path, waits, monkeypatch):
+    """Our retries off: huggingface_hub's http_backoff alone gets these through (one 1 s wait each), so
+    push_folder_to_hub adds none of its own there."""
+    monkeypatch.setattr(hub_module, "ATTEMPTS", 1)
+    make_output_folder(tmp_path)
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    hub.lfs_threshold = len(weights) - 1
+    hub.fail_first = {"preupload": 1, "lfs_batch": 1, "lfs_upload": 1, "lfs_verify": 1}
+    push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
+    (commit,) = hub.commits
+    assert hub.commit_contents(commit) == {name: (tmp_path / name).read_bytes() for name in EXPECTED}
+    assert len(hub.failed) == 4 and waits == [1, 1, 1, 1]
+
+
+def test_a_hub_that_stays_unavailable_is_a_clear_error(hub, tmp_path, waits):
+    make_output_folder(tmp_path)
+    hub.fail_first = {"commit": 100}
+    with pytest.raises(HubPushError) as caught:
+        push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
+    assert str(caught.value) == (
+        f"committing to someone/tiny-model failed {hub_module.ATTEMPTS} times in a row (last answer: 503 "
+        "Service Unavailable: the stand-in is unavailable for a moment); try again later"
+    )
+    assert hub.commits == [] and len(hub.failed) == hub_module.ATTEMPTS
+    assert len(waits) == hub_module.ATTEMPTS - 1  # bounded: no wait after the last try
+
+
+def test_a_commit_applied_despite_a_5xx_answer_is_not_repeated(hub, tmp_path, waits):
+    """A proxy times out while the Hub finishes the commit: the retry asks the Hub what it holds, finds
+    every file there and makes no second commit."""
+    make_output_folder(tmp_path)
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    hub.lfs_threshold = len(weights) - 1
+    hub.lose_commit_responses = 1
+    info = push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
+    assert len(hub.commits) == 1 and info.oid == hub.heads["someone/tiny-model"]
+    oid = hashlib.sha256(weights).hexdigest()
+    assert [r for r in hub.requests if r[0] == "PUT"] == [("PUT", f"/lfs-storage/{oid}")]  # not sent again
