@@ -21,6 +21,17 @@ import time
 from pathlib import Path
 
 import torch
+from data2vec_hf.pretraining.arguments import (
+    COUNT,
+    SEED,
+    ArgumentError,
+    Rule,
+    check_needs,
+    check_sources,
+    check_values,
+    greater_than,
+    within,
+)
 
 from .baselines import baseline_accuracy
 from .data import LabelledData, load_labelled_data
@@ -137,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--output_json", default="probe_results.json", help="where the results are written ('' to skip)"
     )
     return parser
+
+
+# Every numeric flag of data2vec-probe, with the rule machinery of the pretraining scripts
+# (tests/test_argument_validation.py fails for a numeric flag without a rule here).
+PROBE_RULES: dict[str, Rule] = {
+    "test_fraction": within(0, 1, low_open=True, high_open=True),
+    "max_examples": COUNT,
+    "max_seconds": greater_than(0),
+    "batch_size": COUNT,
+    "knn_k": COUNT,
+    "knn_temperature": greater_than(0),
+    "probe_iterations": COUNT,
+    "seed": SEED,
+}
+PROBE_SOURCES = ("embedded", "dataset_name", "data_dir", "data_file")
+
+
+def validate_probe_arguments(args, parser: argparse.ArgumentParser) -> None:
+    """Check the parsed flags before anything is loaded: every numeric flag against
+    :data:`PROBE_RULES`, exactly one labelled data source, and ``--dataset_config_name`` only with
+    ``--dataset_name``. Raises :class:`~data2vec_hf.pretraining.arguments.ArgumentError`; pure."""
+    check_values(args, PROBE_RULES)
+    check_sources(args, PROBE_SOURCES, required=True)
+    check_needs(args, parser, {"dataset_config_name": ("dataset_name",)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,6 +332,10 @@ def format_table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        validate_probe_arguments(args, parser)
+    except ArgumentError as error:
+        parser.error(str(error))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     from data2vec_hf.pretraining.data import DataError
 

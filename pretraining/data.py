@@ -44,6 +44,7 @@ import datasets
 import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
+from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 
 from .corpora import (
@@ -175,16 +176,33 @@ def load_raw_dataset(
     elif modality == "text":
         files = _text_files(train_dir, train_file) if (train_dir or train_file) else [build_text_corpus()]
         builder = TEXT_BUILDERS.get(files[0].suffix.lower(), "text")
+        where = _describe_source(train_dir, train_file, files)
         if builder == "text":
-            from .text_data import ensure_utf8
+            from .text_data import ensure_utf8, holds_text
 
             files, dropped = ensure_utf8(files, skip_undecodable_lines, cache_dir)
             if report is not None:
                 report["undecodable_lines"] = dropped
+            if not any(holds_text(f) for f in files):  # (stops at the first file with text)
+                raise DataError(f"{where} holds only blank lines: nothing usable is left to train on")
         data_files = [str(f) for f in files]
-        ds = datasets.load_dataset(
-            builder, data_files=data_files, split="train", cache_dir=cache_dir, streaming=streaming
-        )
+        try:
+            ds = datasets.load_dataset(
+                builder, data_files=data_files, split="train", cache_dir=cache_dir, streaming=streaming
+            )
+        except (ValueError, StopIteration, DatasetGenerationError) as error:
+            # a table without rows (a csv of its header only, an empty json list or jsonl: datasets says
+            # 'Instruction "train" corresponds to no data' or stops iterating) or one it cannot parse
+            cause = (
+                error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+            )
+            if isinstance(cause, StopIteration) or "corresponds to no data" in str(cause):
+                raise DataError(f"{where} holds no rows: nothing usable is left to train on") from error
+            raise DataError(
+                f"{where} cannot be read as {builder}: {type(cause).__name__}: {cause}"
+            ) from error
+        if not streaming and len(ds) == 0:
+            raise DataError(f"{where} holds no rows: nothing usable is left to train on")
     else:
         column = DEFAULT_COLUMNS[modality][0]
         if train_file:
@@ -218,18 +236,34 @@ def _text_files(train_dir: str | os.PathLike | None, train_file: Any) -> list[Pa
     return files
 
 
+def _describe_source(train_dir: Any, train_file: Any, files: Sequence[Path]) -> str:
+    """``train_dir '...'``, ``train_file '...'`` (the first files) or the embedded corpus, for errors."""
+    if train_dir:
+        return f"train_dir {str(train_dir)!r}"
+    names = ", ".join(repr(str(f)) for f in files[:3]) + (", ..." if len(files) > 3 else "")
+    return f"train_file {names}" if train_file else f"the embedded corpus {names}"
+
+
 def _hidden(path: Path) -> bool:
     return any(part.startswith(".") for part in path.parts)
 
 
 def _read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``.csv``, ``.json`` (list of objects) or ``.jsonl`` file."""
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            return list(csv.DictReader(f))
-        if path.suffix.lower() == ".jsonl":
-            return [json.loads(line) for line in f if line.strip()]
-        return json.load(f)
+    """Rows of a ``.csv``, ``.json`` (list of objects) or ``.jsonl`` file; :class:`DataError` naming the
+    file when it does not parse or does not hold one object per row."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if path.suffix.lower() == ".csv":
+                rows = list(csv.DictReader(f))
+            elif path.suffix.lower() == ".jsonl":
+                rows = [json.loads(line) for line in f if line.strip()]
+            else:
+                rows = json.load(f)
+    except (UnicodeDecodeError, ValueError, csv.Error) as error:  # (json's errors are ValueErrors)
+        raise DataError(f"manifest {str(path)!r} cannot be read: {error}") from error
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise DataError(f"manifest {str(path)!r} must hold one object (a row of columns) per example")
+    return rows
 
 
 def _manifest_rows(path: Path, column: str) -> dict[str, list]:
@@ -238,9 +272,17 @@ def _manifest_rows(path: Path, column: str) -> dict[str, list]:
     if path.suffix.lower() not in {".tsv", ".csv", ".json", ".jsonl"}:
         raise DataError(f"train_file {str(path)!r}: audio/image data needs a .csv/.jsonl/.json/.tsv manifest")
     if path.suffix.lower() == ".tsv":  # fairseq: first line is the root, then "relative/path<TAB>frames"
-        root, *lines = path.read_text(encoding="utf-8").splitlines()
-        return {column: [str(Path(root) / line.split("\t")[0]) for line in lines if line.strip()]}
+        root, *lines = path.read_text(encoding="utf-8").splitlines() or [""]
+        files = [str(Path(root) / line.split("\t")[0]) for line in lines if line.strip()]
+        if not files:
+            raise DataError(
+                f"manifest {str(path)!r} lists no files (a fairseq manifest is the root folder, then one "
+                "'relative/path<TAB>frames' line per file): nothing usable is left to train on"
+            )
+        return {column: files}
     table = _read_table(path)
+    if not table:
+        raise DataError(f"manifest {str(path)!r} holds no rows: nothing usable is left to train on")
     keys = list(table[0]) if table else []
     key = next((k for k in ("file_name", "path", column) if k in keys), None)
     if key is None:
@@ -372,13 +414,49 @@ def _apply(
 def _keep_usable(ds: Dataset | IterableDataset, stats: DataStats) -> Dataset | IterableDataset:
     """Drop the examples whose ``status`` is not kept, counting every status; remove ``status``."""
     if isinstance(ds, IterableDataset):
-        return ds.filter(stats.record, input_columns=["status"]).remove_columns("status")
+        ds = ds.filter(stats.record, input_columns=["status"]).remove_columns("status")
+        ensure_usable_stream(ds, stats, f"no usable {stats.modality} examples in the stream")
+        return ds
+    if len(ds) == 0:  # (a map over no rows adds no column: there is no "status" to read)
+        raise DataError(f"the {stats.modality} dataset holds no examples: nothing usable is left to train on")
     statuses = list(ds["status"])
     kept = [i for i, status in enumerate(statuses) if stats.record(status)]
     if not kept:
-        raise DataError(f"no usable examples left: {stats.summary()}")
+        reasons = "; ".join(SKIP_REASONS[r] for r in sorted(stats.skipped) if r in SKIP_REASONS)
+        raise DataError(
+            f"no usable examples left{_common_folder(ds)}: {stats.summary()}"
+            + (f" ({reasons})" if reasons else "")
+        )
     ds = ds if len(kept) == len(statuses) else ds.select(kept)
     return ds.remove_columns("status")
+
+
+def ensure_usable_stream(ds: IterableDataset, stats: DataStats, message: str) -> None:
+    """Read a prepared stream up to its first example: one without any would make the training loop
+    wait forever for a batch (every epoch ends at once). Raises :class:`DataError` with ``message`` and
+    the counts of what was read; otherwise the counts are reset to what they were."""
+    kept, skipped, notes = stats.kept, Counter(stats.skipped), Counter(stats.notes)
+    if next(iter(ds), None) is None:
+        raise DataError(f"{message}: {stats.summary()}")
+    stats.kept, stats.skipped, stats.notes = kept, skipped, notes
+
+
+# what each reason for skipping an example means, for the error when nothing is left
+SKIP_REASONS = {
+    "missing": "missing = files that do not exist",
+    "unreadable": "unreadable = files that do not decode",
+    "too_short": "too_short = clips shorter than --min_length_seconds or the model's receptive field",
+    "too_large": "too_large = images over PIL's decompression-bomb limit",
+}
+
+
+def _common_folder(ds: Dataset) -> str:
+    """`` in '<folder>'``: where the examples' files are (their common path), or "" when unknown."""
+    sources = [s for s in ds["source"] if s] if "source" in ds.column_names else []
+    try:
+        return f" in {os.path.commonpath(sources)!r}" if sources else ""
+    except ValueError:  # absolute and relative paths mixed
+        return ""
 
 
 def _open_source(value: Any) -> str | io.BytesIO:

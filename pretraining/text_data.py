@@ -30,6 +30,7 @@ from .data import (
     _tensor,
     check_column_type,
     column_names,
+    ensure_usable_stream,
     pad_sequences,
     resolve_column,
 )
@@ -86,6 +87,15 @@ def ensure_utf8(
         result.append(cleaned)
         dropped += count
     return result, dropped
+
+
+def holds_text(path: Path) -> bool:
+    """Whether a text file holds anything but whitespace (reads only up to its first such byte)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(UTF8_CHUNK):
+            if chunk.strip():
+                return True
+    return False
 
 
 def _without_undecodable_lines(path: Path, cache_dir: str | os.PathLike | None) -> tuple[Path, int]:
@@ -285,6 +295,10 @@ def prepare_text_dataset(
         )  # fmt: skip
         if len(raw) > len(lines):
             stats.skipped["empty"] = len(raw) - len(lines)
+        if len(lines) == 0:  # (a map over no rows adds no column: the steps below cannot run)
+            raise DataError(
+                f"no text left to train on: column {column!r} holds only empty lines ({stats.summary()})"
+            )
         tokens = _apply(
             lines, "map", functools.partial(_tokenize, tokenizer=tokenizer), cache_dir=cache_dir,
             num_proc=num_proc, desc="Tokenizing", input_columns=[column], batched=True,
@@ -303,7 +317,9 @@ def prepare_text_dataset(
         # (the columns are known: listing them from a stream would run it, and its counting filters, once more)
         input_columns=["ids"], batched=True, remove_columns=[*column_names(raw), "ids"],
     )  # fmt: skip
-    if not stats.streaming:
+    if stats.streaming:
+        ensure_usable_stream(blocks, stats, f"no text left to train on in column {column!r}")
+    else:
         if len(blocks) == 0:
             raise DataError(f"no text left to train on: {stats.summary()}")
         stats.notes["blocks"] = len(blocks)

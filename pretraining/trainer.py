@@ -36,12 +36,14 @@ from tqdm.auto import tqdm
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .arguments import (
+    ArgumentError,
     ConfigError,
     apply_recipe_defaults,
     build_parser,
     check_config,
     check_overrides,
     parse_config_overrides,
+    validate_arguments,
 )
 from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
@@ -804,6 +806,10 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
     parser = build_parser(spec)
     args = parser.parse_args(argv)
     apply_recipe_defaults(spec, args)
+    try:
+        validate_arguments(args, parser)  # after the recipe filled its defaults: they are checked too
+    except ArgumentError as error:
+        parser.error(str(error))
     if args.remote_code and args.version == 1:
         parser.error("--remote_code is for data2vec 2.0: a 1.0 encoder already loads in plain transformers")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
