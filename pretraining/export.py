@@ -1,4 +1,4 @@
-"""What a pretraining run leaves behind: the checked output folder and the exported encoder.
+"""What a pretraining run leaves behind: the exported encoder.
 
 The export is written into a temporary folder inside the output folder and moved into place only
 when it is complete, so a full disk or a kill never leaves a half-written model next to the
@@ -14,25 +14,6 @@ from pathlib import Path
 from .checkpoints import CheckpointError, is_disk_full
 
 EXPORT_TEMPORARY = ".export-incomplete"
-
-
-def check_output_dir(args) -> Path:
-    """Create ``--output_dir`` and make sure it is writable and holds no earlier run by accident."""
-    output_dir = Path(args.output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise SystemExit(f"error: output dir {output_dir} is not writable: {error}") from error
-    existing = [p for p in output_dir.iterdir() if p.name not in ("checkpoints", "runs", EXPORT_TEMPORARY)]
-    if existing and not args.resume_from_checkpoint and not args.overwrite_output_dir:
-        raise SystemExit(
-            f"error: output dir {output_dir} is not empty; pass --resume_from_checkpoint latest to continue "
-            "or --overwrite_output_dir to start over"
-        )
-    return output_dir
 
 
 def export(accelerator, unwrapped, processor, args, spec, progress, last_metrics: dict):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -47,9 +48,10 @@ from .arguments import (
 )
 from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
-from .export import check_output_dir, export
+from .export import export
 from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
+from .output_dir import claim_output_dir
 from .parallel import FsdpRequest, make_parallel
 
 logger = logging.getLogger("data2vec_hf.pretraining")
@@ -345,10 +347,11 @@ class PretrainingLoop:
     def __init__(self, spec: ModalitySpec, args, callbacks: list[Callable] | None = None):
         self.spec, self.args = spec, args
         self.callbacks = list(callbacks or [])
-        self.output_dir = check_output_dir(args)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
         fsdp = FsdpRequest.from_environment()  # before accelerate's own FSDP plugin can object
-        self.accelerator = accelerator = build_accelerator(args, self.output_dir)
+        self.accelerator = accelerator = build_accelerator(args, Path(args.output_dir))
+        # once for all processes (main process, then a broadcast): no race, and every node sees it
+        self.output_dir = claim_output_dir(args, accelerator)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
         set_seed(args.seed)
         kept = accelerator.device.type == "cpu" and args.keep_host_memory and keep_freed_host_memory()
         logger.info(
@@ -821,6 +824,8 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
         print(f"\ntraining stopped: {stop}", file=sys.stderr, flush=True)
         return stop.exit_code
     except (DataError, CheckpointError, ConfigError) as error:  # bad input: say what, no traceback
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        # an error that every process raised alike is printed once
+        if not getattr(error, "everywhere", False) or os.environ.get("RANK", "0") == "0":
+            print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

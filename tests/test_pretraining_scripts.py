@@ -393,7 +393,8 @@ def test_bad_output_dir_is_a_clear_error(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode != 0 and "not writable" in result.stderr
+    assert result.returncode == 2 and "--output_dir" in result.stderr and "not writable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_streaming_local_data_with_tensorboard_tracking(tmp_path):
