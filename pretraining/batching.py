@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 def seeded_generator(*numbers: int) -> torch.Generator:
@@ -43,20 +43,6 @@ class WithIndex(Dataset):
 
     def __getitem__(self, index):
         return index, self.dataset[index]
-
-
-class WithCounter(IterableDataset):
-    """Streaming counterpart of :class:`WithIndex`: this process's running count ``n`` becomes the
-    index ``n * num_replicas + rank``, unique over the processes. ``skip`` passes over the first examples
-    of this process's stream (those a resumed run already trained on)."""
-
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, skip: int = 0):
-        self.dataset, self.num_replicas, self.rank, self.skip = dataset, num_replicas, rank, skip
-
-    def __iter__(self):
-        for count, example in enumerate(self.dataset):
-            if count >= self.skip:
-                yield count * self.num_replicas + self.rank, example
 
 
 class EpochBatchSampler(Sampler[list[int]]):

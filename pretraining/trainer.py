@@ -46,13 +46,14 @@ from .arguments import (
     parse_config_overrides,
     validate_arguments,
 )
-from .batching import EpochBatchSampler, ExampleCollator, WithCounter, WithIndex, waste_fraction
+from .batching import EpochBatchSampler, ExampleCollator, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
 from .export import export
 from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
 from .output_dir import claim_output_dir
 from .parallel import FsdpRequest, make_parallel
+from .streaming import StreamingBatches
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 
@@ -264,49 +265,6 @@ def build_accelerator(args, output_dir: Path) -> Accelerator:
             project_dir=str(output_dir), logging_dir=str(output_dir / "runs")
         ),
     )
-
-
-class StreamingBatches:
-    """Batches of a streamed dataset: each process reads its own part of the stream
-    (``datasets.distributed.split_dataset_by_node``: its own shards, or every n-th example), resumes
-    by skipping exactly the examples it consumed, and the epoch ends for all processes when the first
-    one runs out (so no process waits for a partner that has no batch)."""
-
-    def __init__(self, dataset, args, collator, accelerator):
-        from datasets.distributed import split_dataset_by_node
-
-        self.accelerator, self.collator, self.args = accelerator, collator, args
-        self.batch_size = args.per_device_train_batch_size or 8
-        world, rank = accelerator.num_processes, accelerator.process_index
-        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
-
-    def epoch(self, epoch: int, skip_batches: int):
-        dataset = self.dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        # (``dataset.skip`` would count the examples of the whole stream, before the split by process)
-        skip = skip_batches * self.batch_size
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        loader = DataLoader(
-            WithCounter(dataset, world, rank, skip=skip),
-            batch_size=self.batch_size,
-            collate_fn=self.collator,
-            num_workers=self.args.dataloader_num_workers,
-            generator=torch.Generator().manual_seed(self.args.seed),  # not the global RNG (see above)
-        )
-        return self.synchronized(iter(loader))
-
-    def synchronized(self, batches):
-        while True:
-            batch = next(batches, None)
-            if self.accelerator.num_processes > 1:
-                has_batch = torch.tensor([0 if batch is None else 1], device=self.accelerator.device)
-                torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
-                if not int(has_batch):
-                    return
-            if batch is None:
-                return
-            yield batch
 
 
 def build_sampler(spec: ModalitySpec, args, dataset, accelerator) -> EpochBatchSampler:

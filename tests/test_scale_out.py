@@ -252,35 +252,6 @@ def test_an_fsdp_request_that_cannot_be_honoured_is_an_error(text_file, tmp_path
 # --------------------------------------------------------------------------------------- streaming
 
 
-def test_streaming_processes_read_disjoint_parts_and_resume_exactly(tmp_path):
-    """Each process streams its own part (no rank-0 dispatch): disjoint, together the whole stream; a
-    resume skips exactly the examples already consumed."""
-    from types import SimpleNamespace
-
-    from data2vec_hf.pretraining.trainer import StreamingBatches
-    from datasets import Dataset
-
-    stream = Dataset.from_dict({"value": list(range(20))}).to_iterable_dataset(num_shards=1)
-
-    def collate(items):
-        indices, examples = zip(*items)
-        return {"index": list(indices), "value": [e["value"] for e in examples]}
-
-    args = SimpleNamespace(per_device_train_batch_size=3, dataloader_num_workers=0, seed=0)
-    seen, indices = [], []
-    for rank in (0, 1):
-        accelerator = SimpleNamespace(num_processes=2, process_index=rank, device="cpu")
-        batches = StreamingBatches(stream, args, collate, accelerator)
-        batches.synchronized = lambda iterator: iterator  # one process at a time here: no all-reduce
-        values = [v for batch in batches.epoch(0, 0) for v in batch["value"]]
-        resumed = [v for batch in batches.epoch(0, 2) for v in batch["value"]]
-        assert resumed == values[6:]  # 2 batches of 3 consumed before the kill
-        seen.append(values)
-        indices += [i for batch in batches.epoch(0, 0) for i in batch["index"]]
-    assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(20))
-    assert len(set(indices)) == 20  # example indices (mask seeds) are unique over the processes
-
-
 # ------------------------------------------------------------------------- precision, memory, compile
 
 
