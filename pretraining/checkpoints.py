@@ -83,10 +83,20 @@ def _problem_without_manifest(folder: Path) -> str | None:
     return f"{missing[0]} is missing" if missing else None
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, save=None) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator,
+    checkpoint_dir: Path,
+    step: int,
+    keep: int,
+    save=None,
+    write_extra=None,
+    same_run=None,
+) -> Path:
     """Write the full training state atomically: into a temporary folder, then one rename. A kill or a
     full disk during the save leaves the previous checkpoints intact (and the temporary folder is
-    removed when the save fails). ``save(folder)`` writes the state (default: ``accelerator.save_state``)."""
+    removed when the save fails). ``save(folder)`` writes the state (default: ``accelerator.save_state``),
+    ``write_extra(folder)`` more files on the main process (before the manifest). Rotation keeps the
+    last ``keep`` checkpoints among those for which ``same_run(folder)`` holds (default: all)."""
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
     temporary = checkpoint_dir / f".incomplete-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
@@ -94,22 +104,46 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
             shutil.rmtree(stale, ignore_errors=True)  # left behind by a killed run
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    # A process that fails (a full disk, say) must not leave the others waiting in a collective: the
+    # outcome of each stage is agreed on by all processes, and all raise together.
+    error = None
     try:
         (save or (lambda folder: accelerator.save_state(str(folder))))(temporary)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+    except Exception as raised:
+        error = raised
+    if everyone_succeeded(accelerator, error is None) and accelerator.is_main_process:
+        try:
+            if write_extra is not None:
+                write_extra(temporary)
             write_manifest(temporary)
-    except Exception as error:
-        shutil.rmtree(temporary, ignore_errors=True)
+        except Exception as raised:
+            error = raised
+    if not everyone_succeeded(accelerator, error is None):
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        if error is None:  # this process wrote its part; another one failed and says why
+            raise CheckpointError(f"writing checkpoint {final} failed on another process (see its message)")
         raise CheckpointError(_save_failure(error, final, checkpoint_dir)) from error
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
-        for old in list_checkpoints(checkpoint_dir)[: -max(keep, 1)]:
+        ours = [folder for folder in list_checkpoints(checkpoint_dir) if same_run is None or same_run(folder)]
+        for old in ours[: -max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def everyone_succeeded(accelerator: Accelerator, succeeded: bool) -> bool:
+    """Whether every process succeeded (one all-reduce; just ``succeeded`` for a single process)."""
+    if accelerator.num_processes == 1:
+        return succeeded
+    import torch
+
+    flag = torch.tensor([1 if succeeded else 0], device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def is_disk_full(error: BaseException) -> bool:

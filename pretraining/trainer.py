@@ -53,6 +53,16 @@ from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
 from .output_dir import claim_output_dir
 from .parallel import FsdpRequest, make_parallel
+from .run_record import (
+    check_same_model,
+    check_topology,
+    describe_model,
+    describe_topology,
+    new_run_id,
+    read_run_record,
+    run_id_of,
+    write_run_record,
+)
 from .streaming import StreamingBatches
 
 logger = logging.getLogger("data2vec_hf.pretraining")
@@ -358,16 +368,38 @@ class PretrainingLoop:
         self.last_metrics: dict = {}
         self.nonfinite_examples: list[int] = []
         self.stop_requested, self.saved_at = False, -1
+        self.run_id = new_run_id()  # a resumed run keeps the id of the run it continues
+        self.topology = describe_topology(
+            args,
+            accelerator.num_processes,
+            self.streaming,
+            self.stream.workers if self.streaming else args.dataloader_num_workers,
+            self.parallel.sharded,
+        )
         self.resume()
 
     def resume(self) -> None:
-        """Load the newest complete checkpoint (``latest``) or the named one. With ``latest``, damaged
-        checkpoints and ones that fail to load are reported and the next older one is tried."""
+        """Load the newest complete checkpoint (``latest``) or the named one.
+
+        A checkpoint of another model or an incompatible topology stops the run (exit code 2) before
+        anything is written (:mod:`.run_record`); with ``latest``, a damaged checkpoint (missing or
+        cut-short files, or unreadable contents) is reported and the next older one is tried."""
         argument = self.args.resume_from_checkpoint
+        model = describe_model(self.spec.name, self.args.version, self.unwrapped)
         for folder in resume_candidates(argument, self.checkpoint_dir):
+            record = read_run_record(folder)
+            if record is not None:
+                check_same_model(folder, record, model)
+                check_topology(folder, record["topology"], self.topology)
             try:
                 self.parallel.load(folder)
             except Exception as error:
+                if does_not_fit(error):  # an older checkpoint without a record, of another model
+                    raise CheckpointError(
+                        f"checkpoint {folder} does not fit this run's model ({first_line(error)}). Nothing "
+                        "was loaded or deleted: resume with the flags that run was started with, or start "
+                        "a new run in another --output_dir"
+                    ) from error
                 if argument != "latest":
                     raise CheckpointError(
                         f"cannot resume from {folder}: {type(error).__name__}: {error}"
@@ -379,6 +411,14 @@ class PretrainingLoop:
                     error,
                 )
                 continue
+            if record is not None:
+                self.run_id = record["run_id"]
+                # the same updates, split over other processes x micro-batches: count this run's batches
+                updates_in_epoch = (
+                    self.progress.batches_in_epoch // record["topology"]["gradient_accumulation_steps"]
+                )
+                self.progress.batches_in_epoch = updates_in_epoch * self.args.gradient_accumulation_steps
+            self.accelerator.step = 0  # a checkpoint lies between updates: the next micro-batch starts one
             logger.info(
                 "resumed from %s at update %d (epoch %d, batch %d)",
                 folder,
@@ -543,6 +583,12 @@ class PretrainingLoop:
         step = self.progress.num_updates
         if force or step % self.args.checkpointing_steps == 0 or step == self.args.max_train_steps:
             self.progress.train_seconds = self.training_seconds()
+            record = {
+                "run_id": self.run_id,
+                "update": step,
+                **describe_model(self.spec.name, self.args.version, self.unwrapped),
+                "topology": self.topology,
+            }
             try:
                 save_checkpoint(
                     self.accelerator,
@@ -550,6 +596,9 @@ class PretrainingLoop:
                     step,
                     self.args.checkpoints_total_limit,
                     self.parallel.save,
+                    write_extra=lambda folder: write_run_record(folder, record),
+                    # rotation never deletes the checkpoints of another run in the same folder
+                    same_run=lambda folder: run_id_of(folder) == self.run_id,
                 )
             except CheckpointError as error:
                 raise TrainingStopped(str(error)) from error
@@ -729,6 +778,26 @@ class PretrainingLoop:
         from .export import push_output
 
         push_output(accelerator, self.args)  # last: a failed push leaves the whole run on disk
+
+
+def does_not_fit(error: BaseException) -> bool:
+    """Whether loading failed because the weights do not fit the model (torch's ``load_state_dict``
+    names missing / unexpected keys and size mismatches), rather than because a file is damaged."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text
+        for marker in (
+            "Error(s) in loading state_dict",
+            "size mismatch",
+            "Missing key(s)",
+            "Unexpected key(s)",
+        )
+    )
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:3])[:400]
 
 
 def threading_main() -> bool:
