@@ -129,6 +129,7 @@ class Progress:
     audio_total: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
     audio_history: list = dataclasses.field(default_factory=list)  # (epoch, waste fraction)
     eval_history: list = dataclasses.field(default_factory=list)  # {"update", "train_seconds", metrics...}
+    epoch_batches: list = dataclasses.field(default_factory=list)  # micro-batches per process, per epoch
     train_seconds: float = 0.0  # training time so far, evaluation excluded
 
     def state_dict(self):
@@ -635,6 +636,7 @@ class PretrainingLoop:
                     progress.epoch,
                     100 * fraction,
                 )
+        progress.epoch_batches.append(progress.batches_in_epoch)
         progress.epoch += 1
         progress.batches_in_epoch = 0
         progress.audio_epoch = [0.0, 0.0, 0.0]
@@ -756,6 +758,8 @@ class PretrainingLoop:
                 "parallelism": self.parallel.describe(),
                 "parameters_per_process": sharding,
                 "updates": progress.num_updates,
+                "completed_epochs": progress.epoch,
+                "batches_per_epoch": progress.epoch_batches,  # of each process
                 "skipped_nonfinite_updates": progress.nonfinite_total,
                 "first": progress.first_metrics,
                 "history": progress.history,

@@ -3,11 +3,22 @@ example once, and a resume that goes on exactly where the run stopped — for 0,
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from data2vec_hf.pretraining.streaming import StreamingBatches, batch_number, in_batch_order
 from datasets import Dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_pretraining_scripts import check_ok  # noqa: E402
+from test_pretraining_scripts import launch as launch_one  # noqa: E402
+from test_scale_out import V1_TEXT, launch, summary, weights, worst_difference  # noqa: E402
 
 
 def collate(items):
@@ -92,3 +103,84 @@ def test_batches_are_put_in_order_and_a_worker_that_ran_out_ends_them():
     assert list(in_batch_order(iter([0, 1, 2, 4, 6, 8]), 0, 2, number)) == [0, 1, 2]  # worker 1 ran out
     # the numbering inverts the global example index (count * workers + worker) * replicas + rank
     assert batch_number(((4 * 2 + 1) * 3 + 2), num_replicas=3, workers=2, batch_size=2) == 2 * 2 + 1
+
+
+# ------------------------------------------------------------------ end to end, two processes, workers
+
+
+def text_files(folder: Path, lines: list[int]) -> list[Path]:
+    """One text file (one stream shard) per entry, with that many lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for number, count in enumerate(lines):
+        path = folder / f"part{number}.txt"
+        path.write_text(
+            "\n".join(
+                f"file {number} says the quick brown fox {i} jumps over the lazy dog {i % 5}"
+                for i in range(count)
+            )
+        )
+        files.append(path)
+    return files
+
+
+def stream_args(out: Path, data: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "--output_dir", str(out), "--streaming", "--train_dir", str(data), "--config_overrides", V1_TEXT,
+        "--max_seq_length", "32", "--bpe_vocab_size", "300", "--max_train_steps", str(steps),
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--dataloader_num_workers", "2", "--checkpointing_steps", "4", "--checkpoints_total_limit", "10",
+        "--cache_dir", str(out.parent / "cache"), *extra,
+    ]  # fmt: skip
+
+
+def test_two_processes_stream_with_workers_end_epochs_together_and_resume_exactly(tmp_path):
+    """Two processes x 2 DataLoader workers, nothing patched: process 1's part of the stream (files 1
+    and 3) is much shorter, so every epoch ends when it runs out, for both; a run killed after a
+    checkpoint in the middle of an epoch and resumed ends with the weights of the uninterrupted run."""
+    data = tmp_path / "data"
+    files = text_files(data, [60, 12, 60, 16])
+    steps = 20
+    full = tmp_path / "full"
+    launch("pretrain_text.py", stream_args(full, data, steps), ["--multi_gpu"])
+    done = summary(full)
+    assert done["num_processes"] == 2 and done["updates"] == steps
+    # the epoch length is that of process 1's part alone (its 2 files, 2 workers, one process)
+    alone = tmp_path / "alone"
+    (tmp_path / "part").mkdir()
+    for file in (files[1], files[3]):
+        (tmp_path / "part" / file.name).write_text(file.read_text())
+    check_ok(
+        launch_one(
+            "pretrain_text.py",
+            stream_args(alone, tmp_path / "part", 12, "--tokenizer_name", str(full / "tokenizer")),
+        )
+    )
+    epoch = summary(alone)["batches_per_epoch"][0]
+    assert epoch < 12 and done["completed_epochs"] >= 2, done["batches_per_epoch"]
+    assert done["batches_per_epoch"] == [epoch] * done["completed_epochs"]
+
+    killed = tmp_path / "killed"
+    process = launch(
+        "pretrain_text.py",
+        stream_args(killed, data, steps),
+        ["--multi_gpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-4").exists():  # mid-epoch: the epoch is longer than 4
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=60) != 0
+    assert not (killed / "checkpoints" / f"step-{steps}").exists()
+    launch(
+        "pretrain_text.py",
+        stream_args(killed, data, steps, "--resume_from_checkpoint", "latest"),
+        ["--multi_gpu"],
+    )
+    assert summary(killed)["updates"] == steps
+    assert summary(killed)["batches_per_epoch"] == done["batches_per_epoch"]
+    assert worst_difference(weights(killed), weights(full)) == 0.0
