@@ -144,6 +144,8 @@ class Data2VecAudioForPreTraining(Data2VecPreTrainingMixin, Data2VecAudioPreTrai
     config_class = Data2VecAudioPreTrainingConfig
     teacher_shared = ("pos_conv_embed",)
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^projector\.", r"^classifier\."]
+    # transformers' Data2VecAudioModel has no mask embedding when its SpecAugment is off
+    _optional_in_exported_encoders = (r"^data2vec_audio\.masked_spec_embed$",)
 
     def __init__(self, config: Data2VecAudioPreTrainingConfig):
         super().__init__(config)

@@ -106,6 +106,8 @@ class Data2VecVisionForPreTraining(Data2VecPreTrainingMixin, Data2VecVisionPreTr
     config_class = Data2VecVisionPreTrainingConfig
     teacher_shared = ("embeddings",)
     _keys_to_ignore_on_load_unexpected = [r"^classifier\.", r"pooler\.", r"relative_position_index"]
+    # transformers' Data2VecVisionModel has no mask token unless its config sets use_mask_token=True
+    _optional_in_exported_encoders = (r"^data2vec_vision\.embeddings\.mask_token$",)
 
     def __init__(self, config: Data2VecVisionPreTrainingConfig):
         super().__init__(config)

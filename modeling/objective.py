@@ -7,12 +7,13 @@ modules the EMA teacher mirrors and which parts of it are shared, and implements
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .ema import EMATeacher, annealed_ema_decay
 from .losses import feature_std, regression_loss
@@ -182,10 +183,96 @@ class Data2VecPreTrainingMixin:
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Like ``PreTrainedModel.from_pretrained``; also accepts a native transformers data2vec
-        checkpoint, in which case the head is initialised and the teacher copied from the student."""
+        """Like ``PreTrainedModel.from_pretrained``; also accepts an exported encoder (a native transformers
+        data2vec model, a converted fairseq checkpoint, a backbone saved by this package). Then the student
+        is loaded from it, the teacher copied from the student and the pretraining head initialised; one INFO
+        line says so and names what was newly initialised, and transformers' load report lists only what is
+        really amiss (see :meth:`_adjust_missing_and_unexpected_keys`). With ``output_loading_info=True``,
+        ``missing_keys`` are the tensors that were newly initialised, never the teacher's when it was copied.
+        A checkpoint with a teacher that lacks some of its tensors gets its whole teacher reset to a copy of
+        the student, with a warning."""
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        if any(key.startswith("teacher.") for key in info.get("missing_keys", ())):
+        source = (args[0] if args else kwargs.get("pretrained_model_name_or_path")) or "the given state dict"
+        encoder_load = model.__dict__.pop("_encoder_checkpoint_load", None)
+        teacher_missing = sorted(key for key in info.get("missing_keys", ()) if key.startswith("teacher."))
+        logger = logging.get_logger(__name__)  # not a module global: the remote code has one per file
+        if encoder_load is not None:
             model.reset_teacher()
+            newly = encoder_load["newly_initialised"]
+            info["missing_keys"] = set(info.get("missing_keys", ())) | encoder_load["missing"]
+            logger.info(
+                f"{cls.__name__}: loaded the student encoder ({model.base_model_prefix}) from {source}; the EMA "
+                "teacher is a copy of it (the checkpoint has no teacher); newly initialised: "
+                + model._describe_keys(newly)
+            )
+        elif teacher_missing:
+            model.reset_teacher()
+            logger.warning(
+                f"{cls.__name__}: the checkpoint {source} lacks {len(teacher_missing)} of the teacher's "
+                f"{len(model._teacher_keys())} tensors (MISSING in the load report above); the whole EMA teacher "
+                "was reset to a copy of the loaded student"
+            )
         return (model, info) if want_info else model
+
+    # Student tensors that an exported encoder may legitimately lack (regular expressions on the model's
+    # state-dict keys), e.g. a mask embedding that transformers only creates with SpecAugment enabled.
+    # Pretraining initialises them; when they are absent they are named in the load message.
+    _optional_in_exported_encoders: ClassVar[tuple[str, ...]] = ()
+
+    def _teacher_keys(self) -> set[str]:
+        return {f"teacher.{key}" for key in self.teacher.state_dict()}
+
+    def _head_modules(self) -> list[str]:
+        """Top-level modules that are neither the student nor the teacher: the pretraining head."""
+        return [name for name, _ in self.named_children() if name not in (self.base_model_prefix, "teacher")]
+
+    def _describe_keys(self, keys) -> str:
+        """``decoder (6 tensors), data2vec_audio.masked_spec_embed``: head modules by name with their
+        number of tensors, any other tensor by its full name."""
+        heads = self._head_modules()
+        groups: dict[str, int] = {}
+        for key in sorted(keys):
+            top = key.split(".", 1)[0]
+            name = top if top in heads else key
+            groups[name] = groups.get(name, 0) + 1
+        if not groups:
+            return "nothing"
+        return ", ".join(
+            f"{name} ({count} tensor{'s' if count != 1 else ''})" if name in heads else name
+            for name, count in groups.items()
+        )
+
+    def _adjust_missing_and_unexpected_keys(self, *args, **kwargs):
+        """transformers' hook that drops the keys matching the model's ``_keys_to_ignore_on_load_missing``
+        from the missing keys just before it prints its load report ("MISSING ... newly initialized").
+
+        A checkpoint that holds no teacher tensor but does hold student ones is an exported encoder. For this
+        load only, the patterns are extended by the teacher (copied from the student by ``from_pretrained``),
+        the pretraining head and ``_optional_in_exported_encoders`` (all expected to be absent, initialised
+        for pretraining and named in our own log line). Any other missing tensor — a student tensor, or any
+        tensor of a full pretraining checkpoint — stays in the report."""
+        info = args[0] if args else kwargs.get("loading_info")
+        # a LoadStateDictInfo; tolerate the missing keys themselves (the hook's older signature)
+        missing = set(getattr(info, "missing_keys", info) or ())
+        mismatched = {entry[0] for entry in getattr(info, "mismatched_keys", ()) or ()}
+        teacher = self._teacher_keys()
+        student_prefix = f"{self.base_model_prefix}."
+        student = {key for key in self.state_dict() if key.startswith(student_prefix)}
+        if not teacher or not teacher <= missing or student <= missing | mismatched:
+            return super()._adjust_missing_and_unexpected_keys(*args, **kwargs)
+
+        self._encoder_checkpoint_load = {
+            "newly_initialised": sorted(
+                (missing | mismatched) - teacher
+            ),  # mismatched ones are re-initialised
+            "missing": missing - teacher,
+        }
+        expected_absent = {r"^teacher\.", *self._optional_in_exported_encoders}
+        expected_absent |= {rf"^{re.escape(name)}\." for name in self._head_modules()}
+        own = self._keys_to_ignore_on_load_missing
+        self._keys_to_ignore_on_load_missing = set(own or ()) | expected_absent
+        try:
+            return super()._adjust_missing_and_unexpected_keys(*args, **kwargs)
+        finally:
+            self._keys_to_ignore_on_load_missing = own
