@@ -15,6 +15,7 @@ from pathlib import Path
 from data2vec_hf import Data2VecTextForPreTraining
 from data2vec_hf.data2vec2_text import Data2Vec2TextForPreTraining, sample_text_masks_v2
 from data2vec_hf.data2vec_text import sample_text_masks
+from data2vec_hf.pretraining.arguments import ConfigError
 from data2vec_hf.pretraining.data import (
     TextCollator,
     data_source_kwargs,
@@ -51,6 +52,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 def prepare_config(args, config):
     """Load (or train) the tokenizer and make the config's vocabulary and special ids match it."""
+    if args.max_seq_length > config.max_position_embeddings - 2:  # before any data is read
+        raise ConfigError(
+            f"--max_seq_length {args.max_seq_length} exceeds the model's max_position_embeddings - 2 = "
+            f"{config.max_position_embeddings - 2} (raise max_position_embeddings with --config_overrides)"
+        )
     report: dict = {}
     raw = load_raw_dataset("text", **data_source_kwargs(args), report=report)
     args.undecodable_lines = report.get("undecodable_lines", 0)
@@ -64,7 +70,7 @@ def prepare_config(args, config):
         text_column=args.text_column,
     )
     if tokenizer.mask_token_id is None:
-        raise SystemExit(f"error: tokenizer {args.tokenizer_name} has no mask token")
+        raise ConfigError(f"--tokenizer_name {args.tokenizer_name}: the tokenizer has no mask token")
     ids = dict(
         mask_token_id=tokenizer.mask_token_id,  # data2vec 2.0 has no mask token (the field is skipped)
         pad_token_id=tokenizer.pad_token_id,
@@ -72,18 +78,14 @@ def prepare_config(args, config):
         eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
     )
     if args.model_name_or_path and config.vocab_size != len(tokenizer):
-        raise SystemExit(
-            f"error: the checkpoint's vocabulary ({config.vocab_size}) does not match the tokenizer ({len(tokenizer)}); "
+        raise ConfigError(
+            f"the checkpoint's vocabulary ({config.vocab_size}) does not match the tokenizer ({len(tokenizer)}); "
             "pass the tokenizer it was trained with via --tokenizer_name"
         )
     config.vocab_size = len(tokenizer)
     for key, value in ids.items():
         if hasattr(config, key):
             setattr(config, key, value)
-    if args.max_seq_length > config.max_position_embeddings - 2:
-        raise SystemExit(
-            f"error: --max_seq_length {args.max_seq_length} exceeds max_position_embeddings - 2 = {config.max_position_embeddings - 2}"
-        )
     args.raw_text, args.tokenizer = raw, tokenizer
     return config
 

@@ -288,16 +288,21 @@ def build_sampler(spec: ModalitySpec, args, dataset, accelerator) -> EpochBatchS
             "batches of --per_device_train_batch_size examples in random order: --max_tokens is not used"
         )
         max_tokens = None
-    return EpochBatchSampler(
-        spec.example_lengths(args, dataset) if grouped else [1] * len(dataset),
-        max_tokens=max_tokens,
-        batch_size=args.per_device_train_batch_size or (None if max_tokens else 8),
-        seed=args.seed,
-        group_by_length=grouped,
-        batches_per_update=args.gradient_accumulation_steps,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-    )
+    from .data import DataError
+
+    try:
+        return EpochBatchSampler(
+            spec.example_lengths(args, dataset) if grouped else [1] * len(dataset),
+            max_tokens=max_tokens,
+            batch_size=args.per_device_train_batch_size or (None if max_tokens else 8),
+            seed=args.seed,
+            group_by_length=grouped,
+            batches_per_update=args.gradient_accumulation_steps,
+            num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index,
+        )
+    except ValueError as error:  # too few examples for one update, or one longer than --max_tokens
+        raise DataError(str(error)) from error
 
 
 # --------------------------------------------------------------------------------------------------

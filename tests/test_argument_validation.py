@@ -273,9 +273,25 @@ def csv_without_rows(tmp_path: Path) -> tuple[list[str], str]:
     return ["--train_file", str(path)], f"error: train_file '{path}' holds no rows: nothing usable is left"
 
 
+def too_few_examples(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "three_lines.txt"
+    path.write_text("one short line\nand another one\nand a third\n")
+    return [
+        "--train_file",
+        str(path),
+        "--gradient_accumulation_steps",
+        "40",
+    ], "cannot fill 1 process(es) x 40 micro-batch(es)"
+
+
 @pytest.mark.parametrize(
     "case",
     [
+        too_few_examples,
+        lambda tmp: (
+            ["--max_seq_length", "100"],
+            "error: --max_seq_length 100 exceeds the model's max_position_embeddings - 2 = 64",
+        ),
         lambda tmp: (["--learning_rate", "nan"], "error: --learning_rate nan: must be a finite number > 0"),
         lambda tmp: (
             ["--per_device_train_batch_size", "0"],
@@ -284,7 +300,14 @@ def csv_without_rows(tmp_path: Path) -> tuple[list[str], str]:
         blank_text,
         csv_without_rows,
     ],
-    ids=["learning_rate_nan", "batch_size_0", "blank_text_file", "csv_without_rows"],
+    ids=[
+        "too_few_examples",
+        "max_seq_length",
+        "learning_rate_nan",
+        "batch_size_0",
+        "blank_text_file",
+        "csv_without_rows",
+    ],
 )
 def test_the_script_exits_2_with_the_message_and_no_traceback(case, tmp_path):
     argv, message = case(tmp_path)
