@@ -116,6 +116,8 @@ class Replicated:
     def prepare(self, model, optimizer, scheduler):
         """``(model, optimizer, scheduler, unwrapped model)`` ready for training."""
         model, optimizer, scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if getattr(self.accelerator, "scaler", None) is not None:
+            report_skipped_steps(optimizer, self.accelerator.scaler)
         return model, optimizer, scheduler, self.accelerator.unwrap_model(model)
 
     def gradient_sync(self, model, sync: bool):
@@ -140,6 +142,26 @@ class Replicated:
     def full_model(self, model):
         """The unwrapped model with full (unsharded) tensors, on the main process."""
         return self.accelerator.unwrap_model(model)
+
+
+def report_skipped_steps(optimizer, scaler) -> None:
+    """Make ``accelerator.optimizer_step_was_skipped`` true after every step the fp16 loss scaler skipped.
+
+    accelerate takes a step for skipped when the scaler did not call the optimizer's ``step``. A fused
+    optimizer (``_step_supports_amp_scaling``: torch's fused AdamW, which ``build_optimizer`` picks on a
+    GPU) is always called and skips inside its kernel, so accelerate reported every overflow as a step,
+    and the loop counted it, stepped the schedule and the EMA teacher. The scaler lowers its scale
+    exactly when it found inf/NaN gradients (``backoff_factor`` < 1): that is what is checked here."""
+    step = optimizer.step
+
+    def step_and_check(*args, **kwargs):
+        before = scaler.get_scale()
+        result = step(*args, **kwargs)
+        if optimizer.gradient_state.sync_gradients:  # (accelerate steps only then)
+            optimizer._is_overflow = scaler.get_scale() < before
+        return result
+
+    optimizer.step = step_and_check
 
 
 class Sharded(Replicated):
@@ -246,11 +268,21 @@ class Sharded(Replicated):
 
 def make_parallel(accelerator, request: FsdpRequest | None) -> Replicated:
     """The strategy for this run: sharded when FSDP was requested (:meth:`FsdpRequest.from_environment`,
-    read before the accelerator is built, so that a request we cannot honour fails first and clearly)."""
+    read before the accelerator is built, so that a request we cannot honour fails first and clearly).
+
+    fp16 trains only with loss scaling: without it, small gradients underflow to zero in half precision.
+    accelerate builds its ``GradScaler`` (and turns on autocast) only on an accelerator device; on a CPU
+    it keeps ``mixed_precision="fp16"`` yet computes in fp32 without a scaler, so a run that asks for
+    fp16 there is refused rather than logged as fp16 while it is not."""
+    if accelerator.mixed_precision == "fp16":
+        if request is not None:
+            raise ConfigError(
+                "FSDP2 here runs with --mixed_precision bf16 or no: fp16 would need loss scaling"
+            )
+        if getattr(accelerator, "scaler", None) is None:
+            raise ConfigError("--mixed_precision fp16 needs a GPU (loss scaling); on CPU use bf16 or no")
     if request is None:
         return Replicated(accelerator)
-    if accelerator.mixed_precision == "fp16":
-        raise ConfigError("FSDP2 here runs with --mixed_precision bf16 or no: fp16 would need loss scaling")
     if accelerator.num_processes < 2:
         logger.warning("FSDP was requested with a single process: the model is sharded over one process")
     return Sharded(accelerator, request)

@@ -395,7 +395,8 @@ def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, c
 
 def test_sigterm_finishes_the_update_and_its_checkpoint(tmp_path):
     """SIGTERM (pre-emption) at any moment — also in the middle of a save — stops the run after the
-    current update with a complete checkpoint, from which the run then finishes."""
+    current update with a complete checkpoint, from which the run then finishes: the resumed run is
+    given two updates more than the one it stopped after, so the resume is always checked."""
     data = audio_folder(tmp_path / "data", count=4)
     out = tmp_path / "out"
     argv = [
@@ -406,9 +407,14 @@ def test_sigterm_finishes_the_update_and_its_checkpoint(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else True:
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.01)
+    try:
+        while not list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else True:
+            assert process.poll() is None, f"exit code {process.returncode} before the first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.01)
+    except AssertionError as failure:
+        process.kill()
+        raise AssertionError(f"{failure}\n{process.communicate(timeout=60)[1][-2000:]}") from None
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
@@ -418,13 +424,18 @@ def test_sigterm_finishes_the_update_and_its_checkpoint(tmp_path):
     )
     checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
     assert all((p / MANIFEST).exists() for p in checkpoints)
-    resumed = subprocess.run(argv[:argv.index("400")] + ["6", *argv[argv.index("400") + 1 :],
-                             "--resume_from_checkpoint", "latest"], env=env, capture_output=True, text=True)  # fmt: skip
-    stopped_at = int(checkpoints[-1].name[5:])
-    if stopped_at < 6:
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert f"step-{stopped_at} at update {stopped_at}" in resumed.stderr
-        assert json.loads((out / "train_summary.json").read_text())["updates"] == 6
+    stopped_at = int(checkpoints[-1].name[5:])  # the newest checkpoint is the update it stopped after
+    assert f"stopped by SIGTERM after update {stopped_at};" in stderr, stderr[-2000:]
+    assert 1 <= stopped_at < 400
+    # the resumed run goes on for two more updates from wherever the stop came: it always resumes
+    steps = argv.index("--max_train_steps") + 1
+    resumed_argv = argv[:steps] + [str(stopped_at + 2)] + argv[steps + 1 :]
+    resumed_argv += ["--resume_from_checkpoint", "latest"]
+    resumed = subprocess.run(resumed_argv, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"step-{stopped_at} at update {stopped_at}" in resumed.stderr, resumed.stderr[-2000:]
+    assert json.loads((out / "train_summary.json").read_text())["updates"] == stopped_at + 2
+    assert (out / "checkpoints" / f"step-{stopped_at + 2}" / MANIFEST).exists()
 
 
 # --------------------------------------------------------------------------------------- converter

@@ -73,6 +73,8 @@ def test_two_processes_report_the_accuracy_of_one(one_process, text_file, tmp_pa
     two, _ = run_text(tmp_path / "two", text_file, 2)
     one = one_process[1]
     assert two["num_processes"] == 2
+    # every probe of both runs is compared (zip would stop at the shorter history): at start, after 2 updates
+    assert len(one["eval_history"]) == len(two["eval_history"]) == 3
     for a, b in zip(one["eval_history"], two["eval_history"]):
         assert a["update"] == b["update"]
         # the same weights (update 0) give exactly the same accuracies; after training, the weights of

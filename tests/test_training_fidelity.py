@@ -55,9 +55,10 @@ def reset_accelerate():
 # ------------------------------------------------------------------------------------ 1. accumulation
 
 
-def one_update(spec, argv: list[str]) -> tuple[dict, dict, float]:
+def one_update(spec, argv: list[str], setup=None) -> tuple[dict, dict, float]:
     """Run one update in this process; return the gradients before clipping, the weights after the
-    update (student and teacher) and the update's loss."""
+    update (student and teacher) and the update's loss. ``setup(loop)``, when given, is called on the
+    built loop before it trains (to install hooks that watch the real training step)."""
     loop = PretrainingLoop(spec, parse(spec, argv))
     captured = {}
     clip = loop.clip_gradients
@@ -70,6 +71,8 @@ def one_update(spec, argv: list[str]) -> tuple[dict, dict, float]:
 
     loop.clip_gradients = capture
     try:
+        if setup is not None:
+            setup(loop)
         loop.train()
     finally:
         reset_accelerate()
