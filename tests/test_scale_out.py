@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,10 +41,10 @@ def port() -> str:
         return str(probe.getsockname()[1])
 
 
-def launch(script: str, args: list[str], how: list[str], **popen):
-    """``accelerate launch`` with two CPU processes: ``how`` is ``FSDP`` or ``["--multi_gpu"]`` (DDP)."""
+def launch(script: str, args: list[str], how: list[str], num_processes: int = 2, **popen):
+    """``accelerate launch`` with CPU processes: ``how`` is ``FSDP`` or ``["--multi_gpu"]`` (DDP)."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--num_machines", "1",
+        sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port(),
         str(ROOT / "pretraining" / script), *args,
     ]  # fmt: skip
@@ -107,7 +108,8 @@ def audio_args(out: Path, data: Path, steps: int = 12) -> list[str]:
 def audio_runs(tmp_path_factory):
     """The same 2.0 audio run with FSDP2 and with DDP (two gloo processes each)."""
     root = tmp_path_factory.mktemp("audio")
-    data = audio_folder(root / "data", count=12, seconds=(0.4, 0.6))
+    # 16 clips: 4 updates of 2 processes x 2 clips an epoch, so checkpoints 3, 6 and 9 lie inside epochs
+    data = audio_folder(root / "data", count=16, seconds=(0.4, 0.6))
     launch("pretrain_audio.py", audio_args(root / "fsdp", data), FSDP)
     launch("pretrain_audio.py", audio_args(root / "ddp", data), ["--multi_gpu"])
     return root, data
@@ -157,6 +159,37 @@ def test_fsdp_resume_after_sigkill_matches_the_uninterrupted_run(audio_runs):
     launch("pretrain_audio.py", audio_args(killed, data) + ["--resume_from_checkpoint", "latest"], FSDP)
     assert summary(killed)["updates"] == 12
     assert worst_difference(weights(killed), weights(root / "fsdp")) <= 1e-6
+
+
+def resume_on(root: Path, data: Path, written: Path, step: int, out: Path, how: list[str], processes: int):
+    """Resume a copy of ``written``'s checkpoint ``step`` on ``processes`` x (4 / ``processes``)
+    micro-batches of 2 clips (the 4 clips of every update stay the same) and run it to the end."""
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(written / "checkpoints" / f"step-{step}", out / "checkpoints" / f"step-{step}")
+    args = audio_args(out, data) + ["--gradient_accumulation_steps", str(2 // processes)]
+    result = launch(
+        "pretrain_audio.py", args + ["--resume_from_checkpoint", "latest"], how, num_processes=processes
+    )
+    assert f"resumed from {out / 'checkpoints' / f'step-{step}'} at update {step}" in result.stderr
+    assert "resuming on another topology" in result.stderr, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_resume_on_another_topology_gives_the_weights_of_the_uninterrupted_run(audio_runs, parallelism):
+    """2 processes x 1 micro-batch -> 1 process x 2 micro-batches, and back: the same examples, order
+    and masks, so the weights of the uninterrupted 2 x 1 run (torch.distributed.checkpoint reshards the
+    FSDP2 checkpoint over the new number of processes)."""
+    root, data = audio_runs
+    how = FSDP if parallelism == "fsdp" else ["--multi_gpu"]
+    one = root / f"{parallelism}_1x2"
+    resume_on(root, data, root / parallelism, 6, one, how if parallelism == "fsdp" else ["--cpu"], 1)
+    assert summary(one)["num_processes"] == 1 and summary(one)["updates"] == 12
+    assert worst_difference(weights(one), weights(root / parallelism)) <= 1e-5
+    two = root / f"{parallelism}_1x2_2x1"
+    resume_on(root, data, one, 9, two, how, 2)  # written by 1 x 2, continued by 2 x 1
+    assert summary(two)["num_processes"] == 2 and summary(two)["updates"] == 12
+    assert worst_difference(weights(two), weights(root / parallelism)) <= 1e-5
 
 
 def test_fsdp_export_loads_in_a_fresh_process(audio_runs):
