@@ -6,6 +6,7 @@ counted skip with training going on — and that nothing the user had is lost.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -372,25 +373,60 @@ def test_resuming_from_a_named_damaged_checkpoint_is_a_clear_error(trained, tmp_
     assert (out / "checkpoints" / "step-2" / MANIFEST).exists()
 
 
-def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, capsys):
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True
-    ).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root); the full-disk path is not exercised")
-    try:
-        data = audio_folder(tmp_path / "data", count=4)
-        out = mount / "out"
-        code = train(pretrain_audio.SPEC, out, "--train_dir", str(data), "--config_overrides", TINY_AUDIO, *AUDIO,
-                     "--checkpointing_steps", "1", "--checkpoints_total_limit", "5", steps=8)  # fmt: skip
-        error = capsys.readouterr().err
-        assert code == 1 and "the disk is full" in error and "is intact" in error
-        kept = [p for p in (out / "checkpoints").iterdir()]
-        assert kept and all(p.name.startswith("step-") and (p / MANIFEST).exists() for p in kept)
-        assert not (out / "config.json").exists()
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+def no_space(*args, **kwargs):
+    """What writing a file on a full disk raises."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_a_save_stops_the_run_and_keeps_the_previous_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    """The disk fills up during the third checkpoint (ENOSPC injected into the save: no mount rights
+    needed, never skipped)."""
+    from data2vec_hf.pretraining.parallel import Replicated
+
+    original, saves = Replicated.save, []
+
+    def save(self, folder):
+        saves.append(folder)
+        if len(saves) == 3:
+            original(self, folder)  # some files written, then the disk is full
+            no_space()
+        return original(self, folder)
+
+    monkeypatch.setattr(Replicated, "save", save)
+    data = audio_folder(tmp_path / "data", count=4)
+    out = tmp_path / "out"
+    code = train(pretrain_audio.SPEC, out, "--train_dir", str(data), "--config_overrides", TINY_AUDIO, *AUDIO,
+                 "--checkpointing_steps", "1", "--checkpoints_total_limit", "5", steps=8)  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 1, error[-2000:]
+    assert f"the disk is full: writing checkpoint {out / 'checkpoints' / 'step-3'} failed" in error
+    assert f"the previous checkpoint {out / 'checkpoints' / 'step-2'} is intact" in error
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-1",
+        "step-2",
+    ]  # no half-written one
+    assert all((out / "checkpoints" / name / MANIFEST).exists() for name in ("step-1", "step-2"))
+    assert not (out / "config.json").exists()
+    assert train(pretrain_audio.SPEC, out, "--train_dir", str(data), "--config_overrides", TINY_AUDIO, *AUDIO,
+                 "--resume_from_checkpoint", "latest", steps=3) == 0  # fmt: skip
+
+
+def test_a_full_disk_during_the_export_keeps_the_checkpoints_and_no_half_model(tmp_path, capsys, monkeypatch):
+    from data2vec_hf.pretraining import export
+
+    monkeypatch.setattr(export, "write_export", no_space)
+    data = audio_folder(tmp_path / "data", count=4)
+    out = tmp_path / "out"
+    code = train(
+        pretrain_audio.SPEC, out, "--train_dir", str(data), "--config_overrides", TINY_AUDIO, *AUDIO, steps=2
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and "exporting the model to" in error and "(the disk is full)" in error, error[-2000:]
+    assert "the training checkpoints in" in error and "are intact" in error
+    assert (out / "checkpoints" / "step-2" / MANIFEST).exists()
+    assert not (out / "config.json").exists() and not (out / ".export-incomplete").exists()
 
 
 def test_sigterm_finishes_the_update_and_its_checkpoint(tmp_path):
