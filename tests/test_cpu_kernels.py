@@ -93,7 +93,7 @@ def test_window_convolution_is_conv1d(kernel, stride, length, bias, cropped):
         (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
         results.append((y.detach(), source.grad.clone(), *(p.grad.clone() for p in conv.parameters())))
     assert results[0][0].shape == (3, (length - kernel) // stride + 1, 5)
-    for ours, reference in zip(*results):
+    for ours, reference in zip(*results, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
@@ -120,7 +120,7 @@ def test_positional_convolution_with_padding_matches_transposed_formulation(conv
     assert out[1, 7:].abs().max() == 0  # padded steps stay zero
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-4, atol=1e-5)
-    for grad, ref_grad in zip(grads, ref_grads):
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
@@ -170,7 +170,7 @@ def test_decoder_matches_transposed_view_formulation(kernel, groups, grid, padde
     (out, grad_x, grads), (ref, ref_grad_x, ref_grads) = results
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-4, atol=1e-5)
-    for grad, ref_grad in zip(grads, ref_grads):
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 

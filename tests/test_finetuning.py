@@ -946,7 +946,7 @@ V2_USAGE = textwrap.dedent(
     assert "data2vec_hf" not in sys.modules
     # the "How to use" block of each card, as written, run next to the folder it names
     pipelines = []
-    for folder, name in zip(folders, ("classifier", "asr", "classifier")):
+    for folder, name in zip(folders, ("classifier", "asr", "classifier"), strict=True):
         code = (folder / "README.md").read_text().split("```python\\n", 1)[1].split("```", 1)[0]
         assert "import data2vec_hf" in code, code
         os.chdir(folder.parent)
@@ -960,7 +960,7 @@ V2_USAGE = textwrap.dedent(
     from transformers import AutoModelForCTC, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     autos = (AutoModelForSequenceClassification, AutoModelForCTC, AutoModelForImageClassification)
-    models = [auto.from_pretrained(folder) for auto, folder in zip(autos, folders)]
+    models = [auto.from_pretrained(folder) for auto, folder in zip(autos, folders, strict=True)]
     print("ok", *(type(m).__name__ for m in models), *(type(p.model).__name__ for p in pipelines))
     """
 )

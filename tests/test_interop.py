@@ -72,11 +72,11 @@ def test_pretraining_model_continues_from_native_checkpoint(modality, tmp_path):
     extra = {"mask_token_id": 39} if modality == "text" else {}
     loaded = model_cls.from_pretrained(tmp_path, average_top_k_layers=2, **extra).eval()
     assert type(loaded.config) is model_cls.config_class
-    for (name, a), b in zip(
-        getattr(source, source.base_model_prefix).state_dict().items(),
-        getattr(loaded, loaded.base_model_prefix).state_dict().values(),
-    ):
-        assert torch.equal(a, b), name
+    saved = getattr(source, source.base_model_prefix).state_dict()
+    restored = getattr(loaded, loaded.base_model_prefix).state_dict()
+    assert list(saved) == list(restored)  # the same tensors, so none is left out of the comparison
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, restored[name]), name
     student = dict(loaded.teacher_source().named_parameters())
     for name, p in loaded.teacher.model.named_parameters():
         assert torch.equal(p, student[name]), f"teacher {name} is not a copy of the student"

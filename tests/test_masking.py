@@ -273,7 +273,7 @@ def test_block_mask_call_is_flattened_row_major_sample():
     assert batch.shape == (5, 24) and batch.dtype == torch.bool
     gen = _gen(14)
     expected = [sampler.sample(gen) for _ in range(5)]
-    for row, grid in zip(batch, expected):
+    for row, grid in zip(batch, expected, strict=True):
         assert torch.equal(row, grid.flatten())
         assert torch.equal(row.view(4, 6), grid)  # row-major: patch (r, c) is index r * 6 + c
     # the patches vary over the batch
@@ -386,7 +386,7 @@ def test_text_span_selection_structure():
     selected = labels != -100
     last_maskable = (~special).long().cumsum(-1).argmax(-1)  # index of the last real token
     short_runs = 0
-    for row, last in zip(selected, last_maskable.tolist()):
+    for row, last in zip(selected, last_maskable.tolist(), strict=True):
         for start, length in _runs(row):
             if start + length - 1 < last:
                 assert length >= 4, (row, start, length)
@@ -511,7 +511,7 @@ def _draw_all(seed: int):
 
 def test_seeded_draws_are_reproducible():
     first, again, other = _draw_all(7), _draw_all(7), _draw_all(8)
-    for a, b, c in zip(first, again, other):
+    for a, b, c in zip(first, again, other, strict=True):
         assert torch.equal(a, b)
         assert not torch.equal(a, c)
 

@@ -75,7 +75,7 @@ def test_two_processes_report_the_accuracy_of_one(one_process, text_file, tmp_pa
     assert two["num_processes"] == 2
     # every probe of both runs is compared (zip would stop at the shorter history): at start, after 2 updates
     assert len(one["eval_history"]) == len(two["eval_history"]) == 3
-    for a, b in zip(one["eval_history"], two["eval_history"]):
+    for a, b in zip(one["eval_history"], two["eval_history"], strict=True):
         assert a["update"] == b["update"]
         # the same weights (update 0) give exactly the same accuracies; after training, the weights of
         # one and two processes differ by float rounding (~1e-5), which may flip a test example or two

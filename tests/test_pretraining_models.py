@@ -118,7 +118,9 @@ def test_save_and_auto_load_reproduce_loss_with_teacher(modality, tmp_path):
         got = loaded(**inputs, **{mask_arg: mask})
     torch.testing.assert_close(got.loss, expected.loss, rtol=0, atol=1e-6)
     torch.testing.assert_close(got.target, expected.target, rtol=0, atol=1e-6)
-    for (name, a), (_, b) in zip(model.teacher.named_parameters(), loaded.teacher.named_parameters()):
+    for (name, a), (_, b) in zip(
+        model.teacher.named_parameters(), loaded.teacher.named_parameters(), strict=True
+    ):
         assert torch.equal(a, b), name
 
     # AutoModel on a pretraining checkpoint gives the student encoder

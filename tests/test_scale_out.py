@@ -544,7 +544,7 @@ def test_torch_compile_same_loss_and_no_recompilation_over_varying_lengths(tmp_p
     eager, compiled = results[False][0], results[True][0]
     assert len(eager) == len(compiled) == 5, (eager, compiled)  # every update of both runs is compared
     assert len({shape[1] for shape in results[True][1]}) >= 3  # clips of several lengths
-    for (_, a), (_, b) in zip(eager, compiled):
+    for (_, a), (_, b) in zip(eager, compiled, strict=True):
         assert b == pytest.approx(a, abs=1e-4)
     frames = [frames for frames, _ in compiled]
     assert frames[0] > 0 and len(set(frames)) == 1  # compiled once, never again
