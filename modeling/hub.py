@@ -49,6 +49,11 @@ ATTEMPTS = 4
 RETRY_WAIT_SECONDS = 2.0
 
 
+# huggingface_hub's HTTP library's base error (its HfHubHTTPError derives from it; a refused connection
+# raises it directly), taken from huggingface_hub rather than imported by a name that changes with it
+TRANSPORT_ERROR = HfHubHTTPError.__mro__[1]
+
+
 class HubPushError(RuntimeError):
     """The push failed for a reason the user must act on (a refused token, a Hub that stays unavailable);
     the message is one line naming the repository."""
@@ -99,7 +104,17 @@ def push_folder_to_hub(
                 f"the Hub refused the token for {repo_id} ({describe(error)}); log in with `hf auth login` "
                 "or pass a valid write token with --hub_token"
             ) from error
-        raise
+        if error.response.status_code == 403:
+            raise HubPushError(
+                f"the token may not write to {repo_id} ({describe(error)}); use a token with write access to "
+                "that namespace, or another --hub_model_id"
+            ) from error
+        raise HubPushError(f"the Hub refused the push to {repo_id} ({describe(error)})") from error
+    except (TRANSPORT_ERROR, OSError) as error:  # no connection, or huggingface_hub's offline mode
+        raise HubPushError(
+            f"cannot reach the Hub to push {repo_id} ({type(error).__name__}: {error}); check the network "
+            "(and HF_HUB_OFFLINE, HF_ENDPOINT)"
+        ) from error
 
 
 def commit_folder(api: HfApi, repo_id: str, folder: Path, files: list[str], commit_message: str):

@@ -15,7 +15,8 @@ huggingface_hub's ``hf_api.py``, ``_commit_api.py`` and ``lfs.py``), including t
 - ``POST /api/models/{repo}/commit/{rev}``: the ndjson commit; ``lfsFile`` entries must name stored objects.
 
 Faults, set as attributes before the client calls: ``refuse_tokens`` answers every request 401 as the
-Hub answers a bad token; ``fail_first = {kind: n}`` answers the first ``n`` requests of a kind
+Hub answers a bad token; ``forbid`` answers the repository creation 403 (a namespace the token may not
+write to); ``fail_first = {kind: n}`` answers the first ``n`` requests of a kind
 (:data:`KINDS`) with ``transient_status``; ``lose_commit_responses = n`` applies the first ``n`` commits
 but answers them 504, as a proxy that timed out while the Hub finished the commit.
 
@@ -67,6 +68,7 @@ class HubStandIn:
     def __init__(self, lfs_threshold: int | None = None):
         self.lfs_threshold = lfs_threshold  # None: every file is regular (inline base64 in the commit)
         self.refuse_tokens = False
+        self.forbid = False
         self.fail_first: dict[str, int] = {}
         self.transient_status = 503
         self.lose_commit_responses = 0
@@ -170,6 +172,9 @@ class HubStandIn:
         if self.refuse_tokens:
             self.failed.append((method, path, 401))
             return 401, {"error": INVALID_CREDENTIALS}, {"X-Error-Message": INVALID_CREDENTIALS}
+        if self.forbid and kind == "create_repo":
+            self.failed.append((method, path, 403))
+            return 403, {"error": "You don't have the rights to create a model under this namespace"}, {}
         if kind is not None and self.fail_first.get(kind, 0) > 0:
             self.fail_first[kind] -= 1
             self.failed.append((method, path, self.transient_status))

@@ -223,3 +223,24 @@ def test_a_commit_applied_despite_a_5xx_answer_is_not_repeated(hub, tmp_path, wa
     assert len(hub.commits) == 1 and info.oid == hub.heads["someone/tiny-model"]
     oid = hashlib.sha256(weights).hexdigest()
     assert [r for r in hub.requests if r[0] == "PUT"] == [("PUT", f"/lfs-storage/{oid}")]  # not sent again
+
+
+def test_a_hub_that_cannot_be_reached_is_a_clear_error(hub, tmp_path, waits):
+    import socket
+
+    make_output_folder(tmp_path)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(HubPushError) as caught:
+        push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN, endpoint=address)
+    message = str(caught.value)
+    assert message.startswith("cannot reach the Hub to push someone/tiny-model (") and "\n" not in message
+
+
+def test_a_forbidden_namespace_is_a_clear_error(hub, tmp_path, waits, monkeypatch):
+    make_output_folder(tmp_path)
+    hub.forbid = True
+    with pytest.raises(HubPushError, match=r"^the token may not write to someone/tiny-model \(403"):
+        push_folder_to_hub(tmp_path, "someone/tiny-model", token=DUMMY_TOKEN)
+    assert hub.commits == [] and waits == []
