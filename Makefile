@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `import torchvision` (and with it timm), so the two are pinned as a pair.
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install system-deps test lint demo bench bench-learning clean
+.PHONY: install system-deps test lint demo bench bench-loop bench-learning clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ demo: install system-deps
 # (add flags with `make bench BENCH_ARGS="--mixed_precision bf16 --compile"`)
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_throughput.py $(BENCH_ARGS)
+
+# the whole pretraining loop vs the pure step: the real scripts on written FLAC (44.1 kHz) / JPEG / text files
+# with 2 DataLoader workers, logging and checkpointing, tiny 2.0 models (3-5 min on 2 cores; on a shared
+# machine add --threads 1); one JSON object (`make bench-loop BENCH_ARGS="--size base --num_workers 8"`)
+bench-loop: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/pretrain_loop.py $(BENCH_ARGS)
 
 # probe accuracy vs pretraining time, v1 vs v2, every modality (about 16-20 min on 2 cores); JSON + PNG in
 # learning_efficiency_output/ (add flags with `make bench-learning BENCH_ARGS="--budget_seconds 60"`)

@@ -203,9 +203,62 @@ def documented_gpu_peak(device, precision: str) -> tuple[str, float | None]:
 # ---------------------------------------------------------------------------------------------- run
 
 
+def training_step(model, args, device):
+    """``step(batch, i)``: one full training step of ``model`` on ``batch`` — forward, backward, fused
+    AdamW step and EMA update ``i + 1`` — returning the masked-target count. Shared with
+    ``pretrain_loop.py``, which times it on the batches of a real pretraining run."""
+    # fused, as the pretraining loop's (pretraining/optim.py)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def step(batch, i) -> int:
+        with autocast:
+            out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.ema_step(i + 1)
+        return int(out.num_masked)
+
+    return step
+
+
+def time_steps(step, batches: list[dict], warmup: int, steps: int, device, each: bool = False) -> dict:
+    """``warmup`` untimed steps, then ``steps`` timed ones, cycling through ``batches``. Returns the
+    timed ``seconds``, the ``masked`` targets, the process's ``cpu_seconds`` and its host memory churn
+    (``page_faults``, ``system_seconds``) over the timed steps; with ``each``, also ``step_seconds``,
+    the time of every step (on a GPU each step then ends with a synchronisation)."""
+    for i in range(warmup):
+        step(batches[i % len(batches)], i)
+    masked, step_seconds = 0, []
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    last = started
+    for i in range(steps):
+        masked += step(batches[(warmup + i) % len(batches)], warmup + i)
+        if each:
+            sync()
+            now = time.perf_counter()
+            step_seconds.append(now - last)
+            last = now
+    sync()
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "seconds": elapsed,
+        "masked": masked,
+        "page_faults": after.ru_minflt - usage.ru_minflt,
+        "system_seconds": after.ru_stime - usage.ru_stime,
+        "cpu_seconds": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
+        "step_seconds": step_seconds,
+    }
+
+
 def prepare(name: str, args, device):
-    """``(model, batch, flops, step)``: the config's model and fixed batch, its FLOPs per step and a
-    function running one full training step (returns the masked-target count)."""
+    """``(model, batch, flops, step)``: the config's model and fixed batch, its FLOPs per step and
+    :func:`training_step` of the model."""
     torch.manual_seed(0)
     model, batch = build(name, args.size, args.clone_batch)
     model.to(device).train()
@@ -218,21 +271,7 @@ def prepare(name: str, args, device):
         from data2vec_hf.pretraining.trainer import compile_blocks
 
         compile_blocks(model)
-    # fused, as the pretraining loop's (pretraining/optim.py)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    def step(i) -> int:
-        with autocast:
-            out = model(**batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.ema_step(i + 1)
-        return int(out.num_masked)
-
-    return model, batch, flops, step
+    return model, batch, flops, training_step(model, args, device)
 
 
 def run(name: str, args, device, peak: float | None) -> dict:
@@ -241,18 +280,8 @@ def run(name: str, args, device, peak: float | None) -> dict:
     peak_before = measured_cpu_peak(args.peak_matmul_size) if device.type == "cpu" else None
     with PeakMemory(device) as memory:
         model, batch, flops, step = prepare(name, args, device)
-        for i in range(args.warmup):
-            step(i)
-        masked = 0
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for i in range(args.steps):
-            masked += step(args.warmup + i)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        timed = time_steps(step, [batch], args.warmup, args.steps, device)
+    elapsed, masked = timed["seconds"], timed["masked"]
     samples = args.steps * next(iter(batch.values())).shape[0]
     achieved = flops * args.steps / elapsed
     result = {
@@ -262,8 +291,8 @@ def run(name: str, args, device, peak: float | None) -> dict:
         "seconds_per_step": round(elapsed / args.steps, 3),
         "peak_mem_mb": round(memory.peak / 2**20, 1),
         # host memory churn: the page faults and kernel time of the timed steps (see --keep_host_memory)
-        "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) // args.steps,
-        "system_seconds_per_step": round((after.ru_stime - usage.ru_stime) / args.steps, 3),
+        "page_faults_per_step": timed["page_faults"] // args.steps,
+        "system_seconds_per_step": round(timed["system_seconds"] / args.steps, 3),
         "parameters_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2),
         "flops_per_step": flops,
         "achieved_tflops": round(achieved / 1e12, 4),
