@@ -851,6 +851,11 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.remote_code and args.version == 1:
         parser.error("--remote_code is for data2vec 2.0: a 1.0 encoder already loads in plain transformers")
+    # a handler an earlier run in this process left on a stream that is closed since (a notebook cell,
+    # a test's captured stderr) would print "--- Logging error ---" tracebacks: replace it
+    for handler in list(logging.root.handlers):
+        if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+            logging.root.removeHandler(handler)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from .data import DataError
 

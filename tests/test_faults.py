@@ -247,8 +247,9 @@ def test_a_binary_text_file_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "binary.txt"
     path.write_bytes(b"fine first line\n" + bytes(range(128, 256)) * 4)
     code = train(
-        pretrain_text.SPEC, tmp_path / "out", "--train_file", str(path), "--config_overrides", TINY_TEXT
-    )
+        pretrain_text.SPEC, tmp_path / "out", "--train_file", str(path), "--config_overrides", TINY_TEXT,
+        "--max_seq_length", "64",
+    )  # fmt: skip
     assert code == 2
     error = capsys.readouterr().err
     assert (

@@ -256,7 +256,7 @@ def test_two_processes_match_one(tmp_path):
     assert_same_weights(final_weights(one), final_weights(two), atol=2e-5)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+def test_resume_after_sigkill_with_workers_matches_uninterrupted_run(tmp_path):
     data = audio_folder(tmp_path / "data", count=12)
     args = dict(
         train_dir=data,
@@ -270,7 +270,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     full = tmp_path / "full"
     check_ok(launch("pretrain_audio.py", common(full, steps, batch=batch, **args)))
 
+    # the killed and resumed run collates in 2 DataLoader workers: workers change nothing, not even a bit
     killed = tmp_path / "killed"
+    args["dataloader_num_workers"] = 2
     process = launch("pretrain_audio.py", common(killed, steps, batch=batch, **args), popen=True)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-3").exists():
