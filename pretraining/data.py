@@ -73,6 +73,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# at most this many shards for a streamed local folder or manifest (a multiple of common process x
+# worker counts, so the split stays even)
+LOCAL_STREAM_SHARDS = 64
+
+
 class DataError(ValueError):
     """Input data the pipeline cannot use, with a message that says what to change."""
 
@@ -213,7 +218,9 @@ def load_raw_dataset(
                 Path(train_dir) if train_dir else default(), FILE_EXTENSIONS[modality], column
             )
         ds = _dataset_from_rows(rows, column)
-        ds = ds.to_iterable_dataset() if streaming else ds
+        # a stream of local files in shards (a few files each), so that processes and DataLoader workers
+        # can share it out by whole shards (one shard would leave a single worker reading everything)
+        ds = ds.to_iterable_dataset(num_shards=min(len(ds), LOCAL_STREAM_SHARDS)) if streaming else ds
     return _disable_decoding(ds)
 
 

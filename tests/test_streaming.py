@@ -184,3 +184,12 @@ def test_two_processes_stream_with_workers_end_epochs_together_and_resume_exactl
     assert summary(killed)["updates"] == steps
     assert summary(killed)["batches_per_epoch"] == done["batches_per_epoch"]
     assert worst_difference(weights(killed), weights(full)) == 0.0
+
+
+def test_a_streamed_local_folder_is_sharded_so_that_workers_share_it(tmp_path):
+    from data2vec_hf.pretraining.data import load_raw_dataset
+    from data2vec_hf.pretraining.streaming import stream_workers
+    from test_pretraining_scripts import audio_folder
+
+    raw = load_raw_dataset("audio", train_dir=audio_folder(tmp_path / "clips", count=8), streaming=True)
+    assert raw.num_shards == 8 and stream_workers(raw, 2) == 2  # was a single shard: one worker read all
