@@ -16,35 +16,12 @@ import torch
 from conftest import MODALITIES
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_data2vec2 import audio_config, text_config, vision_config
 
-V2_SHARED = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=64,
-    average_top_k_layers=2,
-    decoder_dim=16,
-    decoder_groups=4,
-    decoder_layers=2,
-    clone_batch=2,
-)
-V2_CONFIGS = {
-    "audio": lambda: data2vec_hf.Data2Vec2AudioConfig(
-        **V2_SHARED,
-        conv_dim=(32, 32, 32),
-        conv_kernel=(10, 3, 3),
-        conv_stride=(5, 2, 2),
-        conv_pos_kernel_size=7,
-        num_conv_pos_embeddings=2,
-        num_conv_pos_embedding_groups=4,
-        mask_feature_length=8,
-    ),
-    "vision": lambda: data2vec_hf.Data2Vec2VisionConfig(
-        **V2_SHARED, image_size=32, patch_size=8, prenet_depth=1
-    ),
-    "text": lambda: data2vec_hf.Data2Vec2TextConfig(
-        **{**V2_SHARED, "decoder_groups": 1}, vocab_size=40, max_position_embeddings=66
-    ),
+V2_CONFIGS = {  # the tiny configs of the 2.0 model tests
+    "audio": lambda: audio_config(mask_feature_length=8),
+    "vision": vision_config,
+    "text": text_config,
 }
 V2_CLASSES = {
     "audio": data2vec_hf.Data2Vec2AudioForPreTraining,
