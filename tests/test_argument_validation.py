@@ -30,6 +30,7 @@ from data2vec_hf.pretraining.data import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretraining_scripts import ROOT, TINY_TEXT  # noqa: E402
+from test_training_fidelity import reset_accelerate  # noqa: E402
 
 SPECS = {"audio": pretrain_audio.SPEC, "vision": pretrain_vision.SPEC, "text": pretrain_text.SPEC}
 TRIED = ("0", "-1", "nan", "inf")
@@ -247,13 +248,18 @@ def test_probe_combinations_are_refused_before_loading(argv, message, monkeypatc
 # ----------------------------------------------------------------------------------------- end to end
 
 
+def script_argv(tmp_path: Path, *argv: str) -> list[str]:
+    """Tiny settings of ``pretrain_text.py``, then ``argv``."""
+    return [
+        "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2", "--per_device_train_batch_size", "2",
+        "--config_overrides", TINY_TEXT, "--max_seq_length", "64", "--bpe_vocab_size", "300",
+        "--cache_dir", str(tmp_path / "cache"), *argv,
+    ]  # fmt: skip
+
+
 def pretrain_text_script(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
     """``python pretraining/pretrain_text.py`` with tiny settings, as a user runs it."""
-    command = [
-        sys.executable, str(ROOT / "pretraining" / "pretrain_text.py"), "--output_dir", str(tmp_path / "out"),
-        "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--config_overrides", TINY_TEXT,
-        "--max_seq_length", "64", "--bpe_vocab_size", "300", "--cache_dir", str(tmp_path / "cache"), *argv,
-    ]  # fmt: skip
+    command = [sys.executable, str(ROOT / "pretraining" / "pretrain_text.py"), *script_argv(tmp_path, *argv)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -284,36 +290,43 @@ def too_few_examples(tmp_path: Path) -> tuple[list[str], str]:
     ], "cannot fill 1 process(es) x 40 micro-batch(es)"
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        too_few_examples,
-        lambda tmp: (
-            ["--max_seq_length", "100"],
-            "error: --max_seq_length 100 exceeds the model's max_position_embeddings - 2 = 64",
-        ),
-        lambda tmp: (["--learning_rate", "nan"], "error: --learning_rate nan: must be a finite number > 0"),
-        lambda tmp: (
-            ["--per_device_train_batch_size", "0"],
-            "error: --per_device_train_batch_size 0: must be an integer >= 1",
-        ),
-        blank_text,
-        csv_without_rows,
-    ],
-    ids=[
-        "too_few_examples",
-        "max_seq_length",
-        "learning_rate_nan",
-        "batch_size_0",
-        "blank_text_file",
-        "csv_without_rows",
-    ],
-)
-def test_the_script_exits_2_with_the_message_and_no_traceback(case, tmp_path):
-    argv, message = case(tmp_path)
-    result = pretrain_text_script(tmp_path, *argv)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+CASES = {
+    "too_few_examples": too_few_examples,
+    "max_seq_length": lambda tmp: (
+        ["--max_seq_length", "100"],
+        "error: --max_seq_length 100 exceeds the model's max_position_embeddings - 2 = 64",
+    ),
+    "learning_rate_nan": lambda tmp: (
+        ["--learning_rate", "nan"],
+        "error: --learning_rate nan: must be a finite number > 0",
+    ),
+    "batch_size_0": lambda tmp: (
+        ["--per_device_train_batch_size", "0"],
+        "error: --per_device_train_batch_size 0: must be an integer >= 1",
+    ),
+    "blank_text_file": blank_text,
+    "csv_without_rows": csv_without_rows,
+}
+# as users run it (a subprocess), one case refused by the parser and one found deep in the data
+IN_A_SUBPROCESS = ("learning_rate_nan", "too_few_examples")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_script_exits_2_with_the_message_and_no_traceback(name, tmp_path, capsys):
+    argv, message = CASES[name](tmp_path)
+    if name in IN_A_SUBPROCESS:
+        result = pretrain_text_script(tmp_path, *argv)
+        code, stderr = result.returncode, result.stderr
+    else:  # the same entry point in this process (no interpreter start-up)
+        try:
+            code = trainer.run(pretrain_text.SPEC, script_argv(tmp_path, *argv))
+        except SystemExit as exit:  # argparse's parser.error
+            code = exit.code
+        finally:
+            reset_accelerate()
+        stderr = capsys.readouterr().err
+    assert code == 2, stderr[-3000:]
+    assert message in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert not (tmp_path / "out" / "config.json").exists()
 
 

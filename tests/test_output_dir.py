@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretraining_scripts import ROOT, TINY_TEXT  # noqa: E402
 
-ROUNDS = 40  # start-ups of 4 processes at once
+ROUNDS = 25  # start-ups of 4 processes at once
 WORLD = 4
 
 
