@@ -18,6 +18,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from .collectives import on_every_process
+
 logger = logging.getLogger("data2vec_hf.pretraining")
 
 CHECKPOINT_PREFIX = "step-"
@@ -111,14 +113,14 @@ def save_checkpoint(
         (save or (lambda folder: accelerator.save_state(str(folder))))(temporary)
     except Exception as raised:
         error = raised
-    if everyone_succeeded(accelerator, error is None) and accelerator.is_main_process:
+    if on_every_process(accelerator, error is None) and accelerator.is_main_process:
         try:
             if write_extra is not None:
                 write_extra(temporary)
             write_manifest(temporary)
         except Exception as raised:
             error = raised
-    if not everyone_succeeded(accelerator, error is None):
+    if not on_every_process(accelerator, error is None):
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
         if error is None:  # this process wrote its part; another one failed and says why
@@ -133,17 +135,6 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def everyone_succeeded(accelerator: Accelerator, succeeded: bool) -> bool:
-    """Whether every process succeeded (one all-reduce; just ``succeeded`` for a single process)."""
-    if accelerator.num_processes == 1:
-        return succeeded
-    import torch
-
-    flag = torch.tensor([1 if succeeded else 0], device=accelerator.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -23,6 +23,8 @@ import logging
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .collectives import on_every_process
+
 logger = logging.getLogger("data2vec_hf.pretraining")
 
 
@@ -112,12 +114,7 @@ class StreamingBatches:
         """Stop every process as soon as one has no batch left (one all-reduce per batch)."""
         while True:
             batch = next(batches, None)
-            if self.accelerator.num_processes > 1:
-                has_batch = torch.tensor([0 if batch is None else 1], device=self.accelerator.device)
-                torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
-                if not int(has_batch):
-                    return
-            if batch is None:
+            if not on_every_process(self.accelerator, batch is not None):
                 return
             yield batch
 

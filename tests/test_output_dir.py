@@ -4,7 +4,6 @@ not every process sees (node-local disks) stops the run before anything is writt
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretraining_scripts import ROOT, TINY_TEXT  # noqa: E402
+from test_scale_out import port  # noqa: E402
 
 ROUNDS = 25  # start-ups of 4 processes at once
 WORLD = 4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def claim(folder: Path, rank: int, world: int, **flags):
@@ -73,7 +67,7 @@ def test_start_up_from_several_processes_never_races(tmp_path):
     (root / "earlier" / "checkpoints" / "step-3").mkdir(parents=True)  # someone else's run
     context = mp.start_processes(
         start_up_many_times,
-        args=(WORLD, free_port(), str(root), str(results)),
+        args=(WORLD, int(port()), str(root), str(results)),
         nprocs=WORLD,
         start_method="spawn",
         join=False,
@@ -119,14 +113,14 @@ def test_two_loopback_nodes_with_their_own_output_dirs_stop_before_any_checkpoin
     both exit with code 2 and the message, and no checkpoint is written anywhere."""
     text = tmp_path / "train.txt"
     text.write_text("\n".join(f"the quick brown fox number {i} jumps over the lazy dog" for i in range(40)))
-    port = str(free_port())
+    rendezvous = port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     nodes = []
     for rank in (0, 1):
         out = tmp_path / f"node{rank}" / "out"
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-            "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
+            "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", rendezvous,
             # the training process's stderr into a file, apart from torchrun's own failure report
             "--log-dir", str(tmp_path / f"logs{rank}"), "--redirects", "2",
             str(ROOT / "pretraining" / "pretrain_text.py"), "--output_dir", str(out), "--train_file", str(text),
