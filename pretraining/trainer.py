@@ -375,6 +375,8 @@ class PretrainingLoop:
         self.nonfinite_examples: list[int] = []
         self.stop_requested, self.saved_at = False, -1
         self.run_id = new_run_id()  # a resumed run keeps the id of the run it continues
+        # what a checkpoint must fit (version, class, config, shapes): fixed for the whole run
+        self.model_record = describe_model(spec.name, args.version, self.unwrapped)
         self.topology = describe_topology(
             args,
             accelerator.num_processes,
@@ -391,11 +393,10 @@ class PretrainingLoop:
         anything is written (:mod:`.run_record`); with ``latest``, a damaged checkpoint (missing or
         cut-short files, or unreadable contents) is reported and the next older one is tried."""
         argument = self.args.resume_from_checkpoint
-        model = describe_model(self.spec.name, self.args.version, self.unwrapped)
         for folder in resume_candidates(argument, self.checkpoint_dir):
             record = read_run_record(folder)
             if record is not None:
-                check_same_model(folder, record, model)
+                check_same_model(folder, record, self.model_record)
                 check_topology(folder, record["topology"], self.topology)
             try:
                 self.parallel.load(folder)
@@ -592,7 +593,7 @@ class PretrainingLoop:
             record = {
                 "run_id": self.run_id,
                 "update": step,
-                **describe_model(self.spec.name, self.args.version, self.unwrapped),
+                **self.model_record,
                 "topology": self.topology,
             }
             try:
