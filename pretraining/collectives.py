@@ -18,3 +18,15 @@ def on_every_process(accelerator, holds: bool) -> bool:
     flag = torch.tensor([1 if holds else 0], device=accelerator.device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def leave_together() -> None:
+    """End a multi-process run that stops on an error every process raised alike: wait until all
+    processes got here, then close the process group.
+
+    Without it, the first process to exit closes its connections while a slower one is still in its
+    last collective or in its shutdown, and gloo aborts that one (SIGABRT instead of the error's exit
+    code, seen on a loaded machine with two loopback nodes)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

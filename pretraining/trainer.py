@@ -48,6 +48,7 @@ from .arguments import (
 )
 from .batching import EpochBatchSampler, ExampleCollator, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
+from .collectives import leave_together
 from .export import export
 from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
@@ -867,7 +868,10 @@ def run(spec: ModalitySpec, argv: list[str] | None = None) -> int:
         return stop.exit_code
     except (DataError, CheckpointError, ConfigError) as error:  # bad input: say what, no traceback
         # an error that every process raised alike is printed once
-        if not getattr(error, "everywhere", False) or os.environ.get("RANK", "0") == "0":
+        everywhere = getattr(error, "everywhere", False)
+        if not everywhere or os.environ.get("RANK", "0") == "0":
             print(f"error: {error}", file=sys.stderr, flush=True)
+        if everywhere:
+            leave_together()
         return 2
     return 0
