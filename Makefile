@@ -54,3 +54,10 @@ bench-learning: install system-deps
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# regenerate the committed remote code (modeling/remote-code/, what --remote_code exports ship) from the package
+# source, then review and commit the diff; `$(PY) -m data2vec_hf.remote_code_cli --check` only compares
+# (tests/test_remote_code.py fails too when they are stale). See docs/remote_code.md.
+.PHONY: remote-code
+remote-code: install
+	$(PY) -m data2vec_hf.remote_code_cli --write

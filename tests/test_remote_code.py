@@ -2,8 +2,12 @@
 
 * every 2.0 class (3 encoders, 3 pretraining models, 4 heads) is exported with remote code and loaded,
   in a **separate virtual environment that has torch and transformers but not data2vec_hf**, with its
-  Auto class and ``trust_remote_code=True``; its outputs equal the original model's, and ``pipeline``
-  runs for the audio, vision and text models (one subprocess for everything);
+  Auto class and ``trust_remote_code=True``; its outputs equal the original model's (the remote code has
+  the plain convolutions of layout_reference.py, not layout.py's CPU kernels), and ``pipeline`` runs for
+  the audio, vision and text models (one subprocess for everything);
+* the exported files are the committed ones (modeling/remote-code/), and those are what the generator
+  makes from the package source now, byte for byte (compared in memory: ``make remote-code`` writes
+  them); the generator stops with file and line where the source breaks an authoring rule;
 * the generated files are the package's own source (each definition verbatim), import only torch,
   numpy, transformers, huggingface_hub and the standard library, and carry the package version;
 * without the option nothing changes; with data2vec_hf imported, remote-code folders load too.
@@ -12,9 +16,11 @@
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,12 +31,23 @@ import data2vec_hf
 import numpy as np
 import pytest
 import torch
-from data2vec_hf import data2vec2, data2vec2_audio, ema, masking
+from data2vec_hf import data2vec2, data2vec2_audio, ema, layout, layout_reference, masking, remote_code
 from data2vec_hf.data2vec_audio import num_frames
-from data2vec_hf.remote_code import ALLOWED_IMPORTS, auto_map, generate
+from data2vec_hf.remote_code import (
+    ALLOWED_IMPORTS,
+    FOLDER,
+    RemoteCodeError,
+    auto_map,
+    generate,
+    generate_all,
+    parse_module,
+    stale_files,
+)
+from data2vec_hf.remote_code_cli import main as remote_code_cli
 from safetensors.torch import load_file, save_file
 from test_data2vec2 import audio_config, text_config, vision_config
 from test_hub import DUMMY_TOKEN, hub  # noqa: F401  (the stand-in fixture)
+from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForAudioClassification,
@@ -42,6 +59,11 @@ from transformers import (
 )
 
 TOLERANCE = 1e-6
+#: remote code against the package in float32: the remote code runs the plain convolutions where the
+#: package runs layout.py's CPU kernels, the same sums in another order (an audio encoder's hidden states,
+#: about 4 in size, differ by about 3e-6; in float64 by 1e-14: test_remote_code_is_the_package_in_float64);
+#: tests/test_cpu_kernels.py holds the kernels to the plain layers at 1e-5 as well
+REMOTE_TOLERANCE = 1e-5
 TINY = dict(num_hidden_layers=2, average_top_k_layers=2, num_labels=3)
 CONFIGS = {"audio": audio_config, "vision": vision_config, "text": text_config}
 #: exported folder → (config maker, class, Auto class name)
@@ -315,7 +337,7 @@ def test_every_2_0_class_loads_without_data2vec_hf(exported, fresh_python, tmp_p
         assert (
             name == class_name and module.startswith("transformers_modules.") and "data2vec_hf" not in module
         )
-    assert max(report["diffs"].values()) <= TOLERANCE, report["diffs"]
+    assert max(report["diffs"].values()) <= REMOTE_TOLERANCE, report["diffs"]
     assert set(report["diffs"]) == {*EXPORTS, "resaved"}
     assert {"modeling_data2vec2_audio.py", "configuration_data2vec2_audio.py"} <= set(report["resaved_files"])
 
@@ -338,7 +360,16 @@ def test_generated_files_are_the_package_source(exported):
     files = generate(data2vec_hf.Data2Vec2AudioConfig)
     assert files == generate(data2vec_hf.Data2Vec2AudioConfig)  # deterministic
     modeling, configuration = files["modeling_data2vec2_audio.py"], files["configuration_data2vec2_audio.py"]
-    assert (root / "audio-ctc" / "modeling_data2vec2_audio.py").read_text() == modeling
+    # the folder gets the committed files, byte for byte (which are what the source generates)
+    for name in files:
+        assert (
+            (root / "audio-ctc" / name).read_bytes() == (FOLDER / name).read_bytes() == files[name].encode()
+        )
+    # layout.py's CPU kernels are not Hub code: its plain counterparts are, under the same names
+    for obj in (layout_reference.transpose_contiguous, layout_reference.use_contiguous_conv_layers):
+        assert inspect.getsource(obj).strip() in modeling, obj.__name__
+    for name in ("WindowConvolution", "TimeMajorFeatureEncoder", "_TransposeContiguous", "as_strided"):
+        assert name not in modeling, name
     # one source of truth: definitions are copied verbatim from the package (num_frames from the 1.0 module)
     for obj in (
         data2vec2.gather_positions,
@@ -421,7 +452,28 @@ def test_remote_code_folders_load_where_data2vec_hf_is_imported(exported):
         remote = remote_cls.from_pretrained(root / folder).eval()
         assert remote_cls is not type(model) and remote_cls.__module__.startswith("transformers_modules.")
         for key, value in outputs_of(remote, inputs, mask).items():
-            assert (value - expected[key]).abs().max() <= TOLERANCE
+            assert (value - expected[key]).abs().max() <= REMOTE_TOLERANCE
+
+
+def test_remote_code_is_the_package_in_float64(exported):
+    """Leaving layout.py's CPU kernels out of the remote code changes rounding only: in float64 the
+    remote-code audio models (CNN, positional convolution, decoder) give the package's outputs to 1e-12."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    root, models = exported
+    for folder in ("audio-encoder", "audio-pretraining"):
+        class_name = EXPORTS[folder][1]
+        remote_cls = get_class_from_dynamic_module(f"modeling_data2vec2_audio.{class_name}", root / folder)
+        remote = remote_cls.from_pretrained(root / folder).eval().double()
+        model = copy.deepcopy(models[folder]).double()
+        inputs = load_file(root / folder / "inputs.safetensors")
+        mask = inputs.pop("mask", None)
+        inputs["input_values"] = inputs["input_values"].double()
+        expected = outputs_of(model, inputs, mask)
+        got = outputs_of(remote, inputs, mask)
+        assert set(got) == set(expected) and "last_hidden_state" in got
+        for key, value in got.items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-12)
 
 
 def test_push_to_hub_with_remote_code(exported, hub, monkeypatch):  # noqa: F811
@@ -440,3 +492,190 @@ def test_push_to_hub_with_remote_code(exported, hub, monkeypatch):  # noqa: F811
         "modeling_data2vec2_vision.Data2Vec2VisionForImageClassification"
     )
     assert not getattr(models["vision-classification"], "_push_remote_code", False)
+
+
+# ------------------------------------------------------------------------------- the committed files
+
+
+def test_committed_remote_code_is_what_the_source_generates():
+    """The files in modeling/remote-code/ are what regenerating writes, to the byte (compared in memory),
+    and generating does not depend on the machine: no paths, no dates, the same twice."""
+    generated = generate_all()
+    assert sorted(generated) == [
+        f"{kind}_data2vec2_{modality}.py"
+        for kind in ("configuration", "modeling")
+        for modality in ("audio", "text", "vision")
+    ]
+    stale = stale_files(generated, FOLDER)
+    assert not stale, f"{stale} out of date: run `make remote-code` and commit the diff"
+    assert generate_all() == generated
+    here = str(Path(data2vec_hf.__file__).resolve().parent.parent)
+    for name, source in generated.items():
+        assert here not in source and "\r" not in source and not source.endswith("\n\n"), name
+
+
+def test_stale_committed_files_are_refused_and_rewritten(exported, tmp_path, monkeypatch, capsys):
+    """A committed file that differs by one byte: export refuses it, ``--check`` shows the diff and fails,
+    ``--write`` repairs it (and deletes a stray file); all in a copy of the folder."""
+    import data2vec_hf.remote_code_cli as cli
+
+    _, models = exported
+    folder = tmp_path / "remote-code"
+    shutil.copytree(FOLDER, folder)
+    target = folder / "modeling_data2vec2_text.py"
+    target.write_bytes(target.read_bytes().replace(b"def gather_positions(", b"def gather_positions (", 1))
+    (folder / "modeling_data2vec2_speech.py").write_text("# stray\n")
+    monkeypatch.setattr(remote_code, "FOLDER", folder)
+    monkeypatch.setattr(cli, "FOLDER", folder)
+
+    with pytest.raises(RemoteCodeError, match=r"modeling_data2vec2_text\.py .*`make remote-code`"):
+        models["text-encoder"].save_pretrained(tmp_path / "export", remote_code=True)
+    models["audio-encoder"].save_pretrained(tmp_path / "audio", remote_code=True)  # other files are fine
+
+    assert remote_code_cli(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert "-def gather_positions (" in out and "+def gather_positions(" in out and "speech" in out
+    assert remote_code_cli(["--write"]) == 0
+    assert remote_code_cli(["--check"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in FOLDER.iterdir())
+    assert target.read_bytes() == (FOLDER / target.name).read_bytes()
+
+
+def test_plain_layout_computes_what_the_cpu_kernels_compute():
+    """The remote code's plain convolution helpers (layout_reference.py) against layout.py's CPU ones."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 37, 16, generator=generator)
+    for conv in (nn.Conv1d(16, 16, 5, padding=2, groups=4), nn.Conv1d(16, 8, 4, stride=2, padding=1)):
+        torch.testing.assert_close(
+            layout_reference.conv_time_major(conv, x), layout.conv_time_major(conv, x), rtol=0, atol=1e-6
+        )
+    assert torch.equal(layout_reference.transpose_contiguous(x), layout.transpose_contiguous(x))
+    module = nn.Linear(2, 2)
+    assert layout_reference.use_contiguous_conv_layers(module) is module
+
+
+# ------------------------------------------------------------------------------ the authoring rules
+
+
+def closure_of(**sources: str) -> str:
+    """The remote code the generator makes for ``Root`` (module ``root``) of a made-up package whose
+    modules have these sources (``pkg/<name>.py`` in errors)."""
+    modules = {
+        name: parse_module(name, textwrap.dedent(source), f"pkg/{name}.py")
+        for name, source in sources.items()
+    }
+    closure = remote_code._Closure(modules)
+    closure.add("root", "Root")
+    return closure.body()
+
+
+def test_the_generator_copies_what_follows_the_rules():
+    body = closure_of(
+        root="""
+        '''docstring'''
+        import torch
+        from .helpers import scale
+
+        LIMIT: int = 3
+
+
+        class Root:
+            def forward(self, x):
+                from .helpers import shift
+
+                return shift(scale(x)) + LIMIT
+        """,
+        helpers="""
+        import torch
+
+
+        def scale(x):
+            return torch.as_tensor(x) * 2
+
+
+        def shift(x):
+            return x + 1
+
+
+        def unused():
+            return 0
+        """,
+        noisy="print('a module nothing is taken from may do as it likes')",
+    )
+    assert "def scale(x)" in body and "def shift(x)" in body and "LIMIT: int = 3" in body
+    assert "unused" not in body and "from .helpers" not in body
+    assert "class Root:\n    def forward(self, x):\n        return shift(scale(x)) + LIMIT" in body
+
+
+RULE_BREAKS = {
+    "a module-level call": (
+        {"root": "import torch\n\ntorch.manual_seed(0)\n\n\nclass Root:\n    pass\n"},
+        r"pkg/root\.py:3: `torch\.manual_seed\(0\)` at module level .*rule 2",
+    ),
+    "a module-level if": (
+        {"root": "X = 1\nif X:\n    X = 2\n\n\nclass Root:\n    y = X\n"},
+        r"pkg/root\.py:2: `if X:` .*rule 2",
+    ),
+    "an attribute assignment": (
+        {"root": "class Root:\n    pass\n\n\nRoot.flag = True\n"},
+        r"pkg/root\.py:5: .*rule 2",
+    ),
+    "a name defined twice": (
+        {"root": "X = 1\nX = 2\n\n\nclass Root:\n    y = X\n"},
+        r"pkg/root\.py:2: X is defined again \(first at line 1; rule 3\)",
+    ),
+    "an aliased relative import": (
+        {
+            "root": "from .helpers import scale as s\n\n\nclass Root:\n    f = s\n",
+            "helpers": "def scale():\n    pass\n",
+        },
+        r"pkg/root\.py:1: relative import `scale as s`.*rule 1",
+    ),
+    "a module import": (
+        {"root": "from . import helpers\n\n\nclass Root:\n    f = helpers\n"},
+        r"pkg/root\.py:1: only `from \.module import name`.*rule 1",
+    ),
+    "an aliased relative import in a function": (
+        {
+            "root": "class Root:\n    def f(self):\n        from .helpers import scale as s\n\n        return s\n",
+            "helpers": "def scale():\n    pass\n",
+        },
+        r"pkg/root\.py:3: relative import `scale as s`.*rule 1",
+    ),
+    "a name clash between modules": (
+        {
+            "root": "from .a import f\nfrom .b import g\n\n\nclass Root:\n    h = (f, g)\n",
+            "a": "def helper():\n    pass\n\n\ndef f():\n    return helper()\n",
+            "b": "X = 1\n\n\ndef helper():\n    pass\n\n\ndef g():\n    return helper()\n",
+        },
+        r"pkg/b\.py:4: helper is also defined at pkg/a\.py:1.*rule 3",
+    ),
+    "a re-export": (
+        {
+            "root": "from .a import f\n\n\nclass Root:\n    g = f\n",
+            "a": "from .b import f\n",
+            "b": "from torch import f\n",
+        },
+        r"pkg/a\.py:1: f is imported from \.b, which does not define it \(rule 4",
+    ),
+    "one name, two imports": (
+        {
+            "root": "import numpy as np\nfrom .a import f\n\n\nclass Root:\n    g = (f, np)\n",
+            "a": "import torch as np\n\n\ndef f():\n    return np\n",
+        },
+        r"np is bound by `import .* as np` here and by `import .* as np` at pkg/.*rule 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RULE_BREAKS)
+def test_the_generator_fails_loudly_where_a_rule_is_broken(case):
+    sources, message = RULE_BREAKS[case]
+    with pytest.raises(RemoteCodeError, match=message):
+        closure_of(**sources)
+
+
+def test_generated_imports_are_checked():
+    remote_code._check("import math\nimport torch\nfrom transformers import PreTrainedModel\n", "ok.py")
+    with pytest.raises(RemoteCodeError, match=r"x\.py would import scipy\.signal \(line 2; rule 5\)"):
+        remote_code._check("import torch\nfrom scipy.signal import lfilter\n", "x.py")
