@@ -103,7 +103,7 @@ def write_images(folder: Path, count: int, rng: np.random.Generator) -> int:
 
 def write_text(folder: Path, num_bytes: int) -> int:
     """``.txt`` files of 20 paragraphs each (one per line) of English prose, ``num_bytes`` in all."""
-    from data2vec_hf.pretraining.corpora import english_paragraphs
+    from data2vec_hf.pretraining.data.corpora import english_paragraphs
 
     paragraphs, written, files = english_paragraphs(), 0, 0
     while written < num_bytes:

@@ -29,12 +29,12 @@ from data2vec_hf.pretraining.data import (
     FILE_EXTENSIONS,
     DataError,
     UnreadableError,
-    _disable_decoding,
-    _read_table,
+    disable_decoding,
     read_audio,
     read_image,
-    resample_audio,
+    read_table,
 )
+from data2vec_hf.pretraining.data.corpora import resample_audio
 
 from .probe_sets import build_probe_set
 
@@ -107,7 +107,7 @@ def _rows_from_table(table: list[dict], base: Path, modality: str, input_column,
 def _rows_from_folder(root: Path, modality: str, input_column, label_column) -> dict:
     for name in ("metadata.csv", "metadata.jsonl"):
         if (root / name).exists():
-            return _rows_from_table(_read_table(root / name), root, modality, input_column, label_column)
+            return _rows_from_table(read_table(root / name), root, modality, input_column, label_column)
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     parts = [("train", root / "train"), ("test", root / "test")] if has_splits else [(None, root)]
     values, labels, splits = [], [], []
@@ -146,7 +146,7 @@ def _rows_from_hub(
         parts = [("train", loaded[train_split]), ("test", loaded[test_split])]
     values, labels, splits, label_names = [], [], [], None
     for split, ds in parts:
-        ds = _disable_decoding(ds)
+        ds = disable_decoding(ds)
         names = list(ds.column_names)
         if label_column not in names:
             raise DataError(
@@ -251,7 +251,7 @@ def load_labelled_data(
             raise DataError(f"labelled data file {str(path)!r} does not exist")
         if path.suffix.lower() not in (".csv", ".json", ".jsonl"):
             raise DataError(f"{path}: a labelled manifest must be .csv, .json or .jsonl")
-        rows = _rows_from_table(_read_table(path), path.parent, modality, input_column, label_column)
+        rows = _rows_from_table(read_table(path), path.parent, modality, input_column, label_column)
         source = str(path)
     labels = [str(v) for v in rows["label"]]
     classes = sorted(set(labels), key=lambda c: (len(c), c) if c.isdigit() else (0, c))

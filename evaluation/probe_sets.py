@@ -1,5 +1,5 @@
 """Embedded labelled probe sets: one per modality, built offline from material already on the machine,
-disjoint from the embedded pretraining corpora of :mod:`data2vec_hf.pretraining.corpora`.
+disjoint from the embedded pretraining corpora of :mod:`data2vec_hf.pretraining.data.corpora`.
 
 Each is a folder with a ``metadata.csv`` (``file_name`` or ``text``, ``label``, ``split`` and where the
 example comes from) and a ``probe_set.json`` describing classes, sizes and split. They are built like
@@ -48,14 +48,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from data2vec_hf.pretraining.corpora import (
+from data2vec_hf.pretraining.data.corpora import (
     METADATA_FILE,
-    _build_once,
-    _english_voices,
-    _espeak_binary,
-    _paragraphs,
-    _synthesise,
+    build_once,
     cache_root,
+    english_voices,
+    espeak_binary,
+    split_paragraphs,
+    synthesise,
 )
 
 DESCRIPTION_FILE = "probe_set.json"
@@ -119,14 +119,14 @@ def build_speech_probe_set(
     """Spoken animal words (12 classes) with a speaker-independent train/test split; see the module
     docstring. ``speakers_per_variant`` speakers are made from every voice variant (default: 32
     training and 16 test speakers, 576 clips; builds in a few seconds on 2 cores)."""
-    binary = _espeak_binary()
+    binary = espeak_binary()
     params = {"speakers_per_variant": speakers_per_variant, "sampling_rate": sampling_rate, "seed": seed,
               "version": 1}  # fmt: skip
     out = Path(out_dir) if out_dir is not None else default_probe_dir("audio")
 
     def build(tmp: Path) -> None:
         rng = random.Random(seed)
-        accents = _english_voices(binary)
+        accents = english_voices(binary)
         jobs = []
         for split, variants in (("train", SPEECH_TRAIN_VARIANTS), ("test", SPEECH_TEST_VARIANTS)):
             for variant in variants:
@@ -143,7 +143,7 @@ def build_speech_probe_set(
                             {"file_name": name, "label": word, "split": split, "text": word, **speaker}
                         )
         with ThreadPoolExecutor(max_workers=num_workers) as pool:
-            rows = list(pool.map(lambda job: _synthesise(binary, job, tmp, sampling_rate), jobs))
+            rows = list(pool.map(lambda job: synthesise(binary, job, tmp, sampling_rate), jobs))
         description = {
             "name": "spoken animal words",
             "modality": "audio",
@@ -155,7 +155,7 @@ def build_speech_probe_set(
         }
         _write_metadata(tmp, rows, description)
 
-    return _build_once(out, PROBE_SETS["audio"], params, build)
+    return build_once(out, PROBE_SETS["audio"], params, build)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def build_image_probe_set(
         }
         _write_metadata(tmp, rows, description)
 
-    return _build_once(out, PROBE_SETS["vision"], params, build)
+    return build_once(out, PROBE_SETS["vision"], params, build)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def package_sentences(package: str) -> dict[str, list[str]]:
         source = path.read_text(encoding="utf-8", errors="replace")
         sentences = []
         for match in _DOCSTRING.finditer(source):
-            for paragraph in _paragraphs(match.group(2)):
+            for paragraph in split_paragraphs(match.group(2)):
                 cleaned = (_clean_sentence(s) for s in _SENTENCE_END.split(paragraph))
                 sentences += filter(None, cleaned)
         if sentences:
@@ -325,4 +325,4 @@ def build_text_probe_set(
         }
         _write_metadata(tmp, rows, description)
 
-    return _build_once(out, PROBE_SETS["text"], params, build)
+    return build_once(out, PROBE_SETS["text"], params, build)

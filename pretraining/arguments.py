@@ -12,21 +12,11 @@ import ast
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .trainer import ModalitySpec
+from .spec import ArgumentError, ConfigError, ModalitySpec
 
 WEIGHT_DECAY_SCOPES = ("all", "no_1d_bias", "matrices")
-
-
-class ConfigError(ValueError):
-    """The model configuration asked for on the command line cannot be built; the message says why."""
-
-
-class ArgumentError(ValueError):
-    """A flag's value, or a combination of flags, that cannot work; the message names the flag, the
-    value and the rule (the scripts turn it into ``parser.error``: usage, the message, exit status 2)."""
 
 
 def build_parser(spec: ModalitySpec) -> argparse.ArgumentParser:

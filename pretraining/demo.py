@@ -63,7 +63,7 @@ def main() -> int:
     # Load the result the way a user would: plain transformers, no data2vec_hf import needed for v1.
     import soundfile
     import torch
-    from data2vec_hf.pretraining.corpora import build_speech_corpus
+    from data2vec_hf.pretraining.data.corpora import build_speech_corpus
     from transformers import AutoFeatureExtractor, AutoModel
 
     model = AutoModel.from_pretrained(output_dir).eval()

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arguments import ConfigError
+from .spec import ConfigError
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 

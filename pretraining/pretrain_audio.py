@@ -24,7 +24,8 @@ from data2vec_hf.pretraining.data import (
     load_raw_dataset,
     prepare_audio_dataset,
 )
-from data2vec_hf.pretraining.trainer import ModalitySpec, run
+from data2vec_hf.pretraining.spec import ModalitySpec
+from data2vec_hf.pretraining.trainer import run
 from transformers import Wav2Vec2FeatureExtractor
 
 

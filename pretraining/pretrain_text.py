@@ -15,7 +15,6 @@ from pathlib import Path
 from data2vec_hf import Data2VecTextForPreTraining
 from data2vec_hf.data2vec2_text import Data2Vec2TextForPreTraining, sample_text_masks_v2
 from data2vec_hf.data2vec_text import sample_text_masks
-from data2vec_hf.pretraining.arguments import ConfigError
 from data2vec_hf.pretraining.data import (
     TextCollator,
     data_source_kwargs,
@@ -23,7 +22,8 @@ from data2vec_hf.pretraining.data import (
     load_raw_dataset,
     prepare_text_dataset,
 )
-from data2vec_hf.pretraining.trainer import ModalitySpec, run
+from data2vec_hf.pretraining.spec import ConfigError, ModalitySpec
+from data2vec_hf.pretraining.trainer import run
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:

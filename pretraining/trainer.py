@@ -37,8 +37,6 @@ from tqdm.auto import tqdm
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .arguments import (
-    ArgumentError,
-    ConfigError,
     apply_recipe_defaults,
     build_parser,
     check_config,
@@ -46,9 +44,10 @@ from .arguments import (
     parse_config_overrides,
     validate_arguments,
 )
-from .batching import EpochBatchSampler, ExampleCollator, WithIndex, waste_fraction
 from .checkpoints import CheckpointError, resume_candidates, save_checkpoint
 from .collectives import leave_together
+from .data.batching import EpochBatchSampler, ExampleCollator, WithIndex, waste_fraction
+from .data.streaming import StreamingBatches
 from .export import export
 from .host_memory import keep_freed_host_memory
 from .optim import build_optimizer, build_scheduler
@@ -64,51 +63,12 @@ from .run_record import (
     run_id_of,
     write_run_record,
 )
-from .streaming import StreamingBatches
+from .spec import ArgumentError, ConfigError, ModalitySpec, TrainingStopped
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 
 # batch entries that describe the batch and are not model inputs
 BATCH_INFO_KEYS = ("example_index", "audio_samples")
-
-
-class TrainingStopped(RuntimeError):
-    """Training stopped on purpose (collapse guard, repeated non-finite losses, SIGTERM, a failed save);
-    ``exit_code`` is the script's exit status."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@dataclasses.dataclass
-class ModalitySpec:
-    """What a modality entry point provides to the shared loop.
-
-    Attributes:
-        name: "audio", "vision" or "text".
-        model_classes: ``{version: *ForPreTraining class}``.
-        defaults: ``{version: {flag: value}}``, the released base recipe (learning rate, schedule, ...).
-        add_arguments: adds the modality's own flags to the parser.
-        build_data: ``(args, config, accelerator) -> (dataset, collate_fn, processor)``; the processor
-            (feature extractor / image processor / tokenizer) is saved with the exported encoder.
-            ``collate_fn(examples, generators)`` receives one random generator per example.
-        sample_masks: ``{version: (config, batch, generators) -> dict}`` of mask arguments for the forward,
-            one generator per sample so masks do not depend on how batches are split over processes.
-        prepare_config: optional hook ``(args, config) -> config`` run before the model is built
-            (e.g. to set the vocabulary size from the tokenizer).
-        example_lengths: optional ``(args, dataset) -> lengths`` used to group examples of similar length
-            into batches (audio); None batches examples in random order.
-    """
-
-    name: str
-    model_classes: dict[int, type]
-    defaults: dict[int, dict[str, Any]]
-    add_arguments: Callable
-    build_data: Callable
-    sample_masks: dict[int, Callable]
-    prepare_config: Callable | None = None
-    example_lengths: Callable | None = None
 
 
 @dataclasses.dataclass

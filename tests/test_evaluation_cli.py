@@ -152,7 +152,7 @@ def test_help_documents_every_flag():
 def test_probe_sets_are_disjoint_from_the_pretraining_corpora(tmp_path):
     import re
 
-    from data2vec_hf.pretraining.corpora import ESPEAK_VARIANTS, english_paragraphs
+    from data2vec_hf.pretraining.data.corpora import ESPEAK_VARIANTS, english_paragraphs
 
     corpus_words = {w.lower() for p in english_paragraphs() for w in re.findall(r"[A-Za-z]+", p)}
     assert not set(probe_sets.SPEECH_WORDS) & corpus_words
@@ -170,7 +170,7 @@ def test_probe_sets_are_disjoint_from_the_pretraining_corpora(tmp_path):
 
 
 def test_image_and_text_probe_sets(tmp_path):
-    from data2vec_hf.pretraining.corpora import build_text_corpus
+    from data2vec_hf.pretraining.data.corpora import build_text_corpus
 
     folder = probe_sets.build_image_probe_set(tmp_path / "images", train_per_class=2, test_per_class=1)
     description = json.loads((folder / "probe_set.json").read_text())

@@ -8,13 +8,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from data2vec_hf.pretraining import corpora
 from data2vec_hf.pretraining.data import (
     AudioCollator,
     DataError,
     ImageCollator,
     TextCollator,
     build_image_transform,
+    corpora,
     feature_encoder_receptive_field,
     load_or_train_tokenizer,
     load_raw_dataset,
@@ -142,7 +142,7 @@ def test_missing_sources_give_clear_errors(tmp_path):
 
 
 def test_resampling_length():
-    from data2vec_hf.pretraining.corpora import resample_audio
+    from data2vec_hf.pretraining.data.corpora import resample_audio
 
     assert len(resample_audio(np.zeros(22050, np.float32), 22050, 16000)) == 16000
     assert len(resample_audio(np.zeros(1000, np.float32), 8000, 16000)) == 2000

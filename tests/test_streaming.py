@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from data2vec_hf.pretraining.streaming import StreamingBatches, batch_number, in_batch_order
+from data2vec_hf.pretraining.data.streaming import StreamingBatches, batch_number, in_batch_order
 from datasets import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -188,7 +188,7 @@ def test_two_processes_stream_with_workers_end_epochs_together_and_resume_exactl
 
 def test_a_streamed_local_folder_is_sharded_so_that_workers_share_it(tmp_path):
     from data2vec_hf.pretraining.data import load_raw_dataset
-    from data2vec_hf.pretraining.streaming import stream_workers
+    from data2vec_hf.pretraining.data.streaming import stream_workers
     from test_pretraining_scripts import audio_folder
 
     raw = load_raw_dataset("audio", train_dir=audio_folder(tmp_path / "clips", count=8), streaming=True)

@@ -26,8 +26,8 @@ from data2vec_hf.data2vec_audio import sample_audio_masks
 from data2vec_hf.losses import feature_std, regression_loss
 from data2vec_hf.pretraining import pretrain_audio, pretrain_vision
 from data2vec_hf.pretraining.arguments import apply_recipe_defaults, build_parser
-from data2vec_hf.pretraining.batching import EpochBatchSampler, example_generator
 from data2vec_hf.pretraining.data import AudioCollator
+from data2vec_hf.pretraining.data.batching import EpochBatchSampler, example_generator
 from data2vec_hf.pretraining.trainer import PretrainingLoop, UpdateStatistics, build_model, check_collapse
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,16 +1,12 @@
-"""The text side of the pretraining data pipeline: UTF-8 checks, tokenizers, packing into blocks.
+"""The text side of the pretraining data pipeline: tokenizers, packing into blocks, the collator.
 
-Text files must be UTF-8: a file that is not is a :class:`~data2vec_hf.pretraining.data.DataError`
-naming the file, the line and the byte offset, or — with ``skip_undecodable_lines`` — its undecodable
-lines are dropped and counted. Lines that are empty, or that hold nothing but special tokens, are
-dropped and counted too: they give the model nothing to mask.
+Lines that are empty, or that hold nothing but special tokens, are dropped and counted: they give the
+model nothing to mask. (Raw files are checked for UTF-8 by :mod:`.text_files` when they are loaded.)
 """
 
 from __future__ import annotations
 
-import codecs
 import functools
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,99 +18,17 @@ import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
 
-from .data import (
+from .common import (
     DataError,
     DataStats,
-    _apply,
-    _preprocess_dir,
-    _tensor,
-    check_column_type,
-    column_names,
+    as_tensor,
+    cached_map,
     ensure_usable_stream,
     pad_sequences,
-    resolve_column,
 )
+from .sources import check_column_type, column_names, resolve_column
 
 logger = logging.getLogger(__name__)
-
-UTF8_CHUNK = 1 << 20
-
-
-def first_undecodable_line(path: Path) -> tuple[int, int, str] | None:
-    """``(line number, byte offset, reason)`` of the first bytes of a file that are not UTF-8, or None.
-    Reads the file in chunks (a single 10 MB line is fine)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, line = 0, 1
-    with open(path, "rb") as handle:
-        while chunk := handle.read(UTF8_CHUNK):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as error:
-                position = offset + error.start
-                return line + chunk[: error.start].count(b"\n"), position, error.reason
-            offset += len(chunk)
-            line += chunk.count(b"\n")
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as error:
-            return line, offset, f"{error.reason} at the end of the file"
-    return None
-
-
-def ensure_utf8(
-    files: Sequence[Path], skip_undecodable_lines: bool, cache_dir: str | os.PathLike | None
-) -> tuple[list[Path], int]:
-    """The text files to read, and how many lines were dropped for not decoding.
-
-    A file that is not valid UTF-8 raises :class:`DataError` naming it; with ``skip_undecodable_lines``
-    a cleaned copy without those lines is written to the preprocessing cache and read instead.
-    """
-    result, dropped = [], 0
-    for path in files:
-        problem = first_undecodable_line(path)
-        if problem is None:
-            result.append(path)
-            continue
-        line, offset, reason = problem
-        if not skip_undecodable_lines:
-            raise DataError(
-                f"text file {str(path)!r} is not valid UTF-8 ({reason} at line {line}, byte {offset}); "
-                "convert it (e.g. `iconv -f latin1 -t utf-8`) or pass --skip_undecodable_lines to drop "
-                "the lines that do not decode"
-            )
-        cleaned, count = _without_undecodable_lines(path, cache_dir)
-        logger.warning("%s: dropped %d line(s) that are not valid UTF-8", path, count)
-        result.append(cleaned)
-        dropped += count
-    return result, dropped
-
-
-def holds_text(path: Path) -> bool:
-    """Whether a text file holds anything but whitespace (reads only up to its first such byte)."""
-    with open(path, "rb") as handle:
-        while chunk := handle.read(UTF8_CHUNK):
-            if chunk.strip():
-                return True
-    return False
-
-
-def _without_undecodable_lines(path: Path, cache_dir: str | os.PathLike | None) -> tuple[Path, int]:
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cleaned = _preprocess_dir(cache_dir) / f"utf8-{key}-{path.name}"
-    count = 0
-    temporary = cleaned.with_suffix(cleaned.suffix + f".{os.getpid()}.tmp")
-    with open(path, "rb") as source, open(temporary, "wb") as target:
-        for raw in source:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                count += 1
-                continue
-            target.write(raw)
-    os.replace(temporary, cleaned)  # atomic: several processes may clean the same file
-    return cleaned, count
-
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as RoBERTa; "<mask>" is the last id
 
@@ -289,7 +203,7 @@ def prepare_text_dataset(
             input_columns=["ids"],
         )
     else:
-        lines = _apply(
+        lines = cached_map(
             raw, "filter", _not_empty, cache_dir=cache_dir, num_proc=num_proc, desc="Dropping empty lines",
             input_columns=[column], batched=True,
         )  # fmt: skip
@@ -299,11 +213,11 @@ def prepare_text_dataset(
             raise DataError(
                 f"no text left to train on: column {column!r} holds only empty lines ({stats.summary()})"
             )
-        tokens = _apply(
+        tokens = cached_map(
             lines, "map", functools.partial(_tokenize, tokenizer=tokenizer), cache_dir=cache_dir,
             num_proc=num_proc, desc="Tokenizing", input_columns=[column], batched=True,
         )  # fmt: skip
-        with_content = _apply(
+        with_content = cached_map(
             tokens, "filter", functools.partial(_has_content, special=special), cache_dir=cache_dir,
             num_proc=num_proc, desc="Dropping lines of special tokens only", input_columns=["ids"], batched=True,
         )  # fmt: skip
@@ -312,7 +226,7 @@ def prepare_text_dataset(
         tokens = with_content
         stats.kept = len(tokens)
     group = functools.partial(_group, block_size=max_seq_length, bos=bos, eos=eos)
-    blocks = _apply(
+    blocks = cached_map(
         tokens, "map", group, cache_dir=cache_dir, num_proc=num_proc, desc="Packing into blocks",
         # (the columns are known: listing them from a stream would run it, and its counting filters, once more)
         input_columns=["ids"], batched=True, remove_columns=[*column_names(raw), "ids"],
@@ -335,6 +249,6 @@ class TextCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: Sequence[dict[str, Any]], generators=None) -> dict[str, torch.Tensor]:
-        ids = [_tensor(e["input_ids"], np.int64) for e in examples]
+        ids = [as_tensor(e["input_ids"], np.int64) for e in examples]
         input_ids, attention_mask = pad_sequences(ids, self.pad_token_id, self.pad_to_multiple_of)
         return {"input_ids": input_ids, "attention_mask": attention_mask}

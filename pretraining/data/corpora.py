@@ -84,7 +84,7 @@ def _read_marker(out_dir: Path) -> dict | None:
         return None
 
 
-def _build_once(
+def build_once(
     out_dir: str | os.PathLike | None, name: str, params: dict, build: Callable[[Path], None]
 ) -> Path:
     """Run ``build(tmp_dir)`` unless ``out_dir`` already holds a corpus built with ``params``."""
@@ -130,7 +130,7 @@ def _clean_paragraph(lines: list[str]) -> str | None:
     return text if letters >= 0.85 * len(text) else None
 
 
-def _paragraphs(text: str) -> Iterator[str]:
+def split_paragraphs(text: str) -> Iterator[str]:
     for block in re.split(r"\n\s*\n", inspect.cleandoc(text)):
         paragraph = _clean_paragraph(block.splitlines())
         if paragraph:
@@ -155,7 +155,7 @@ def english_paragraphs() -> Iterator[str]:
     """Cleaned, de-duplicated English paragraphs from the documentation that ships with Python."""
     seen: set[str] = set()
     for text in _stdlib_texts():
-        for paragraph in _paragraphs(text):
+        for paragraph in split_paragraphs(text):
             if paragraph not in seen:
                 seen.add(paragraph)
                 yield paragraph
@@ -183,7 +183,7 @@ def normalize_transcript(sentence: str) -> str:
 # Speech
 
 
-def _espeak_binary() -> str:
+def espeak_binary() -> str:
     binary = shutil.which("espeak-ng")
     if binary is None:
         raise MissingSystemDependencyError(
@@ -194,7 +194,7 @@ def _espeak_binary() -> str:
     return binary
 
 
-def _english_voices(binary: str) -> list[str]:
+def english_voices(binary: str) -> list[str]:
     """The accents of ``ESPEAK_VOICES`` this espeak-ng installation has (``en`` if none)."""
     listing = subprocess.run([binary, "--voices=en"], capture_output=True, text=True, timeout=30).stdout
     installed = {line.split()[1] for line in listing.splitlines()[1:] if len(line.split()) > 1}
@@ -212,7 +212,7 @@ def resample_audio(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.nd
     return out.astype(np.float32, copy=False)
 
 
-def _synthesise(binary: str, job: dict, tmp: Path, sampling_rate: int) -> dict:
+def synthesise(binary: str, job: dict, tmp: Path, sampling_rate: int) -> dict:
     import soundfile as sf
 
     raw = tmp / f"{job['file_name']}.espeak.wav"
@@ -242,12 +242,12 @@ def build_speech_corpus(
     pitch (25-75). The default 256 clips (1.4-10.6 s, 4.2 s on average, 18 min in all, 34 MB) build in
     4-8 s on 2 cores (measured; 4 clips take ~2 s, mostly collecting the sentences).
     """
-    binary = _espeak_binary()
+    binary = espeak_binary()
     params = {"num_clips": num_clips, "sampling_rate": sampling_rate, "seed": seed, "version": 1}
 
     def build(tmp: Path) -> None:
         rng = random.Random(seed)
-        voices = _english_voices(binary)
+        voices = english_voices(binary)
         sentences = list(dict.fromkeys(english_sentences()))
         if len(sentences) < num_clips:
             raise ValueError(f"only {len(sentences)} sentences are available, asked for {num_clips} clips")
@@ -263,13 +263,13 @@ def build_speech_corpus(
             for i, text in enumerate(rng.sample(sentences, num_clips))
         ]
         with ThreadPoolExecutor(max_workers=num_workers) as pool:
-            rows = list(pool.map(lambda job: _synthesise(binary, job, tmp, sampling_rate), jobs))
+            rows = list(pool.map(lambda job: synthesise(binary, job, tmp, sampling_rate), jobs))
         with open(tmp / METADATA_FILE, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
 
-    return _build_once(out_dir, "speech", params, build)
+    return build_once(out_dir, "speech", params, build)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def build_image_corpus(
                 crop = Image.fromarray(photo[top : top + side, left : left + side])
                 _save_png(crop.resize((crop_size,) * 2, Image.BICUBIC), tmp / name / f"{name}_{i:04d}.png")
 
-    return _build_once(out_dir, "images", params, build)
+    return build_once(out_dir, "images", params, build)
 
 
 def _save_png(image, path: Path) -> None:
@@ -351,4 +351,4 @@ def build_text_corpus(out_dir: str | os.PathLike | None = None, max_bytes: int =
                     break
                 f.write(paragraph + "\n")
 
-    return _build_once(out_dir, "text", params, build) / TEXT_FILE
+    return build_once(out_dir, "text", params, build) / TEXT_FILE

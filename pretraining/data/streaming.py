@@ -23,7 +23,7 @@ import logging
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .collectives import on_every_process
+from ..collectives import on_every_process
 
 logger = logging.getLogger("data2vec_hf.pretraining")
 
