@@ -19,12 +19,8 @@ from data2vec_hf import (
     Data2Vec2VisionForImageClassification,
 )
 
+from .core import require
 from .mapping import ConversionError
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConversionError(message)
 
 
 @dataclass
@@ -69,7 +65,7 @@ def fine_tuning_masks(cfg: Mapping, zero_fill: bool) -> dict:
 
 def ctc_head(fmt, state: Mapping) -> Head:
     proj = f"{fmt.prefix[: -len('w2v_model.')]}proj"  # w2v_encoder.proj
-    _require(f"{proj}.weight" in state, f"CTC checkpoint has no output projection {proj}")
+    require(f"{proj}.weight" in state, f"CTC checkpoint has no output projection {proj}")
     num_labels = state[f"{proj}.weight"].shape[0]
     cfg = fmt.wrapper_cfg
     config = {
@@ -97,26 +93,26 @@ def ctc_head(fmt, state: Mapping) -> Head:
 def image_head(fmt, state: Mapping, model_cfg: Mapping) -> Head:
     cfg = fmt.wrapper_cfg
     mode = cfg.get("prediction_mode") or "MEAN_POOLING"
-    _require(
+    require(
         str(mode).upper().rsplit(".", 1)[-1] == "MEAN_POOLING",
         f"mae_image_classification with prediction_mode={mode!r} is not supported: "
         "Data2Vec2VisionForImageClassification mean-pools the patch tokens (MEAN_POOLING)",
     )
-    _require(
+    require(
         cfg.get("use_fc_norm", True) and "fc_norm.weight" in state,
         "mae_image_classification without fc_norm (use_fc_norm=False) is not supported: "
         "Data2Vec2VisionForImageClassification always normalises the pooled features",
     )
     eps = model_cfg.get("norm_eps", 1e-6)
-    _require(
+    require(
         abs(eps - 1e-6) < 1e-12,
         f"mae_image_classification's fc_norm uses eps 1e-6, the encoder norm_eps={eps}; "
         "Data2Vec2VisionForImageClassification's fc_norm uses the encoder's eps",
     )
-    _require("head.weight" in state, "the image classifier has no head.weight")
+    require("head.weight" in state, "the image classifier has no head.weight")
     input_size = fmt.wrapper_task.get("input_size")
     pretrained_size = (model_cfg.get("modalities") or {}).get("image", {}).get("input_size", 224)
-    _require(
+    require(
         input_size in (None, pretrained_size),
         f"fine-tuned at {input_size}px on a {pretrained_size}px model (interpolated positions) is not supported",
     )
@@ -140,28 +136,28 @@ def image_head(fmt, state: Mapping, model_cfg: Mapping) -> Head:
 def text_head(fmt, state: Mapping, hidden_size: int) -> Head:
     cfg = fmt.wrapper_cfg
     heads = sorted({m[1] for k in state if (m := re.match(r"^classification_heads\.([^.]+)\.", k))})
-    _require(heads, "the text classifier has no classification_heads.* tensors")
-    _require(
+    require(heads, "the text classifier has no classification_heads.* tensors")
+    require(
         len(heads) == 1,
         f"several classification heads ({', '.join(heads)}); Data2Vec2TextForSequenceClassification has one",
     )
     name = heads[0]
     head = f"classification_heads.{name}."
     activation = cfg.get("pooler_activation_fn", "tanh")
-    _require(
+    require(
         activation == "tanh",
         f"pooler_activation_fn={activation!r} is not supported: "
         "Data2Vec2TextForSequenceClassification's head uses tanh",
     )
-    _require(
+    require(
         not cfg.get("spectral_norm_classification_head"),
         "a spectral-normalised classification head is not supported",
     )
-    _require(
+    require(
         f"{head}dense.weight" in state and f"{head}out_proj.weight" in state, f"{head}dense/out_proj missing"
     )
     inner = state[f"{head}dense.weight"].shape[0]
-    _require(
+    require(
         inner == hidden_size,
         f"classification head inner dim {inner} != hidden size {hidden_size}: "
         "Data2Vec2TextForSequenceClassification's dense layer is hidden → hidden",
@@ -210,12 +206,12 @@ def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
     cfg = fmt.wrapper_cfg
     mode = cfg.get("prediction_mode") or "lin_softmax"
     eval_mode = cfg.get("eval_prediction_mode")
-    _require(
+    require(
         eval_mode in (None, "", mode),
         f"audio_classification with eval_prediction_mode={eval_mode!r} != prediction_mode={mode!r} is not "
         "supported: Data2Vec2AudioForSequenceClassification pools the same way in training and evaluation",
     )
-    _require(
+    require(
         mode in _AUDIO_POOLING,
         f"audio_classification with prediction_mode={mode!r} is not supported: "
         f"Data2Vec2AudioForSequenceClassification has no {_AUDIO_POOLING_MISSING.get(mode, 'such pooling')} "
@@ -223,17 +219,17 @@ def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
     )
     two_layers = mode == "proj_avg_proj"
     kernel = cfg.get("conv_kernel", -1)
-    _require(
+    require(
         two_layers or not (kernel > 1 or (kernel > 0 and cfg.get("two_convs"))),
         f"audio_classification with a convolutional head (conv_kernel={kernel}, "
         f"two_convs={bool(cfg.get('two_convs'))}) is not supported: "
         "Data2Vec2AudioForSequenceClassification's per-frame layers are linear",
     )
-    _require(
+    require(
         "proj.weight" in state and state["proj.weight"].dim() == 2,
         "the audio classifier has no linear proj.weight",
     )
-    _require(not two_layers or "proj2.weight" in state, "prediction_mode=proj_avg_proj without proj2.weight")
+    require(not two_layers or "proj2.weight" in state, "prediction_mode=proj_avg_proj without proj2.weight")
     classifier = "proj2" if two_layers else "proj"
     num_labels = state[f"{classifier}.weight"].shape[0]
     rules = [(rf"{classifier}\.(weight|bias)", r"classifier.\1")]

@@ -15,7 +15,8 @@ import logging
 from .beit_v1 import convert_vision, is_beit
 from .core import Converter, Source
 from .fairseq_v1 import convert_audio, convert_text, inner_model_name, is_ctc
-from .fairseq_v2 import convert_v2, is_data2vec2, modality_of
+from .fairseq_v2 import convert_v2
+from .fairseq_v2_formats import is_data2vec2, modality_of
 from .mapping import ConversionError
 
 logger = logging.getLogger(__name__)

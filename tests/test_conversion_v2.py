@@ -318,7 +318,7 @@ def test_text_tokenizer_from_dictionary_and_gpt2_bpe(bpe_files, tmp_path, capsys
 # ------------------------------------------------------------------------------------ fine-tuned files
 
 
-def _student(name: str) -> tuple[dict, dict]:
+def fine_tuning_student(name: str) -> tuple[dict, dict]:
     """The reference file's cfg and its student state dict, as fairseq's fine-tuning keeps it
     (``remove_pretraining_modules``: no EMA teacher, no decoder)."""
     checkpoint = torch.load(ref_path(name), weights_only=True)
@@ -326,13 +326,17 @@ def _student(name: str) -> tuple[dict, dict]:
     return checkpoint["cfg"], state
 
 
-def _save(path: Path, model_cfg: dict, task_cfg: dict, state: dict, criterion: dict | None = None) -> Path:
+def save_fairseq_file(
+    path: Path, model_cfg: dict, task_cfg: dict, state: dict, criterion: dict | None = None
+) -> Path:
+    """Write a fairseq-style checkpoint (``cfg`` with model/task/criterion sections, ``model`` state)."""
     cfg = {"model": model_cfg, "task": task_cfg, "criterion": criterion or {}}
     torch.save({"args": None, "cfg": cfg, "model": state}, path)
     return path
 
 
-def _random(generator, *shape) -> torch.Tensor:
+def random_tensor(generator, *shape) -> torch.Tensor:
+    """Standard-normal weights of ``shape`` from ``generator``."""
     return torch.randn(*shape, generator=generator)
 
 
@@ -342,11 +346,11 @@ LETTERS = ["|", "E", "T", "A", "O", "N"]
 @pytest.fixture
 def ctc_checkpoint(tmp_path):
     """``wav2vec_ctc`` around the reference d2v2_audio model, with a random output projection."""
-    cfg, student = _student("d2v2_audio")
+    cfg, student = fine_tuning_student("d2v2_audio")
     generator = torch.Generator().manual_seed(0)
     state = {f"w2v_encoder.w2v_model.{k}": v for k, v in student.items()}
-    state["w2v_encoder.proj.weight"] = _random(generator, 4 + len(LETTERS), 32)
-    state["w2v_encoder.proj.bias"] = _random(generator, 4 + len(LETTERS))
+    state["w2v_encoder.proj.weight"] = random_tensor(generator, 4 + len(LETTERS), 32)
+    state["w2v_encoder.proj.bias"] = random_tensor(generator, 4 + len(LETTERS))
     state["w2v_encoder.proj.bias"][1:4] = -100.0  # never <pad>, </s>, <unk>
     model_cfg = {
         "_name": "wav2vec_ctc",
@@ -356,7 +360,9 @@ def ctc_checkpoint(tmp_path):
         "w2v_args": {"model": cfg["model"], "task": cfg["task"]},
     }
     task = {"_name": "audio_finetuning", "normalize": True, "labels": "ltr", "sample_rate": 16000}
-    path = _save(tmp_path / "ctc.pt", model_cfg, task, state, {"_name": "ctc", "zero_infinity": True})
+    path = save_fairseq_file(
+        tmp_path / "ctc.pt", model_cfg, task, state, {"_name": "ctc", "zero_infinity": True}
+    )
     dictionary = tmp_path / "dict.ltr.txt"
     dictionary.write_text("".join(f"{letter} {1000 - i}\n" for i, letter in enumerate(LETTERS)))
     return path, dictionary, state
@@ -402,12 +408,12 @@ def test_ctc_fine_tuned(ctc_checkpoint, tmp_path, capsys):
 def _image_classifier(
     tmp_path, generator, num_classes=5, filename="image_ft.pt", **wrapper
 ) -> tuple[Path, dict]:
-    cfg, student = _student("d2v2_image")
+    cfg, student = fine_tuning_student("d2v2_image")
     state = {f"model.{k}": v for k, v in student.items()}
-    state["fc_norm.weight"] = 1 + 0.1 * _random(generator, 32)
-    state["fc_norm.bias"] = 0.1 * _random(generator, 32)
-    state["head.weight"] = _random(generator, num_classes, 32)
-    state["head.bias"] = _random(generator, num_classes)
+    state["fc_norm.weight"] = 1 + 0.1 * random_tensor(generator, 32)
+    state["fc_norm.bias"] = 0.1 * random_tensor(generator, 32)
+    state["head.weight"] = random_tensor(generator, num_classes, 32)
+    state["head.bias"] = random_tensor(generator, num_classes)
     model_cfg = {
         "_name": "mae_image_classification",
         "model_path": "/somewhere/base_imagenet.pt",
@@ -418,7 +424,7 @@ def _image_classifier(
         **wrapper,
     }
     task = {"_name": "mae_image_classification", "data": "/imagenet", "input_size": 32}
-    return _save(tmp_path / filename, model_cfg, task, state), state
+    return save_fairseq_file(tmp_path / filename, model_cfg, task, state), state
 
 
 @torch.no_grad()
@@ -462,13 +468,13 @@ def _text_classifier(
     filename="text_ft.pt",
     **wrapper,
 ):
-    cfg, student = _student("d2v2_text")
+    cfg, student = fine_tuning_student("d2v2_text")
     state = {f"model.{k}": v for k, v in student.items()}
     for head in heads:
-        state[f"classification_heads.{head}.dense.weight"] = _random(generator, 32, 32) * 0.3
-        state[f"classification_heads.{head}.dense.bias"] = _random(generator, 32) * 0.1
-        state[f"classification_heads.{head}.out_proj.weight"] = _random(generator, num_classes, 32)
-        state[f"classification_heads.{head}.out_proj.bias"] = _random(generator, num_classes)
+        state[f"classification_heads.{head}.dense.weight"] = random_tensor(generator, 32, 32) * 0.3
+        state[f"classification_heads.{head}.dense.bias"] = random_tensor(generator, 32) * 0.1
+        state[f"classification_heads.{head}.out_proj.weight"] = random_tensor(generator, num_classes, 32)
+        state[f"classification_heads.{head}.out_proj.bias"] = random_tensor(generator, num_classes)
     model_cfg = {
         "_name": "data2vec_text_classification",
         "model_path": "/somewhere/nlp_base.pt",
@@ -478,7 +484,7 @@ def _text_classifier(
         **wrapper,
     }
     task = {"_name": "sentence_prediction", "num_classes": num_classes, "d2v2_multi": True}
-    return _save(tmp_path / filename, model_cfg, task, state), state
+    return save_fairseq_file(tmp_path / filename, model_cfg, task, state), state
 
 
 @torch.no_grad()
@@ -537,7 +543,7 @@ def test_unmappable_heads_are_refused_by_name(tmp_path, capsys):
             "pooler_activation_fn='gelu'",
         ),
     ]
-    cfg, student = _student("d2v2_image")
+    cfg, student = fine_tuning_student("d2v2_image")
     legacy = {
         "_name": "data2vec_image_classification",
         "pretrained_model_args": {"model": cfg["model"], "task": cfg["task"]},
@@ -545,7 +551,7 @@ def test_unmappable_heads_are_refused_by_name(tmp_path, capsys):
     state = {f"model.{k}": v for k, v in student.items()}
     cases.append(
         (
-            _save(tmp_path / "legacy.pt", legacy, {"_name": "image_classification"}, state),
+            save_fairseq_file(tmp_path / "legacy.pt", legacy, {"_name": "image_classification"}, state),
             "mae_image_classification",
         )
     )

@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from test_conversion_v2 import (
     TOLERANCE,
-    _random,
-    _save,
-    _student,
     error_line,
+    fine_tuning_student,
     max_diff,
     outputs,
+    random_tensor,
     ref_path,
     run,
+    save_fairseq_file,
 )
 from transformers import AutoModelForAudioClassification, AutoModelForCTC
 
@@ -39,20 +39,23 @@ def noisy(cfg: dict) -> dict:
 def audio_classifier(tmp_path, filename="as.pt", num_classes=7, mode="lin_softmax", seed=0, **wrapper):
     """``audio_classification`` around the reference d2v2_audio model, with its AudioSet recipe's settings
     (examples/data2vec/config/audio/classification/base_classification.yaml)."""
-    cfg, student = _student("d2v2_audio")
+    cfg, student = fine_tuning_student("d2v2_audio")
     cfg = noisy(cfg)
     generator = torch.Generator().manual_seed(seed)
     state = {f"d2v_model.{k}": v for k, v in student.items()}
     if mode == "proj_avg_proj":
-        state["proj.weight"], state["proj.bias"] = _random(generator, 64, 32) * 0.3, _random(generator, 64)
+        state["proj.weight"], state["proj.bias"] = (
+            random_tensor(generator, 64, 32) * 0.3,
+            random_tensor(generator, 64),
+        )
         state["proj2.weight"], state["proj2.bias"] = (
-            _random(generator, num_classes, 64),
-            _random(generator, num_classes),
+            random_tensor(generator, num_classes, 64),
+            random_tensor(generator, num_classes),
         )
     else:
         state["proj.weight"], state["proj.bias"] = (
-            _random(generator, num_classes, 32),
-            _random(generator, num_classes),
+            random_tensor(generator, num_classes, 32),
+            random_tensor(generator, num_classes),
         )
     model_cfg = {
         "_name": "audio_classification",
@@ -70,7 +73,7 @@ def audio_classifier(tmp_path, filename="as.pt", num_classes=7, mode="lin_softma
         **wrapper,
     }
     task = {"_name": "audio_classification", "data": "/audioset", "normalize": True, "labels": "lbl"}
-    return _save(tmp_path / filename, model_cfg, task, state), state
+    return save_fairseq_file(tmp_path / filename, model_cfg, task, state), state
 
 
 def lin_softmax(x):  # fairseq's lin_softmax prediction mode, as written there
@@ -145,12 +148,12 @@ def test_ctc_conversion_carries_fine_tuning_masks(tmp_path, capsys):
     unless zero_mask), and --remote_code writes the folder's own code."""
     from test_conversion_v2 import LETTERS
 
-    cfg, student = _student("d2v2_audio")
+    cfg, student = fine_tuning_student("d2v2_audio")
     cfg = noisy(cfg)
     generator = torch.Generator().manual_seed(0)
     state = {f"w2v_encoder.w2v_model.{k}": v for k, v in student.items()}
-    state["w2v_encoder.proj.weight"] = _random(generator, 4 + len(LETTERS), 32)
-    state["w2v_encoder.proj.bias"] = _random(generator, 4 + len(LETTERS))
+    state["w2v_encoder.proj.weight"] = random_tensor(generator, 4 + len(LETTERS), 32)
+    state["w2v_encoder.proj.bias"] = random_tensor(generator, 4 + len(LETTERS))
     model_cfg = {
         "_name": "wav2vec_ctc",
         "normalize": True,
@@ -160,7 +163,9 @@ def test_ctc_conversion_carries_fine_tuning_masks(tmp_path, capsys):
         "mask_channel_length": 64,
         "w2v_args": {"model": cfg["model"], "task": cfg["task"]},
     }
-    path = _save(tmp_path / "ctc.pt", model_cfg, {"_name": "audio_finetuning", "normalize": True}, state)
+    path = save_fairseq_file(
+        tmp_path / "ctc.pt", model_cfg, {"_name": "audio_finetuning", "normalize": True}, state
+    )
     out = tmp_path / "ctc"
     code, err = run(capsys, "--checkpoint", path, "--output_dir", out, "--remote_code")
     assert code == 0, err
