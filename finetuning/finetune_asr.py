@@ -31,9 +31,8 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from data2vec_hf.finetuning import common
+from data2vec_hf.finetuning import card_and_push, common
 from data2vec_hf.metrics import character_error_rate, word_error_rate
-from data2vec_hf.pretraining.corpora import resample_audio
 from data2vec_hf.pretraining.data import (
     DataError,
     UnreadableError,
@@ -42,6 +41,7 @@ from data2vec_hf.pretraining.data import (
     read_audio,
     resolve_column,
 )
+from data2vec_hf.pretraining.data.corpora import resample_audio
 from transformers import (
     AutoFeatureExtractor,
     AutoModelForCTC,
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
     model_args, data_args, training_args = common.parse_arguments(
         (ModelArguments, DataTrainingArguments, TrainingArguments), argv
     )
-    hub = common.take_hub_settings(training_args)
+    hub = card_and_push.take_hub_settings(training_args)
     training_args.remove_unused_columns = False  # the collator reads input_values/labels itself
     common.setup_logging(training_args)
     checkpoint = common.resolve_checkpoint(training_args)
@@ -452,12 +452,12 @@ def main(argv=None) -> int:
     vocabulary = "".join(
         t for t in tokenizer.get_vocab() if len(t) == 1 and t != data_args.word_delimiter_token
     )
-    common.write_card_and_push(
+    card_and_push.write_card_and_push(
         trainer,
         hub,
         template="finetuned_speech_recognition",
         model_args=model_args,
-        dataset=common.DatasetDescription.from_args(data_args),
+        dataset=card_and_push.DatasetDescription.from_args(data_args),
         task_type="automatic-speech-recognition",
         task_name="Automatic Speech Recognition",
         modality="audio",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from data2vec_hf.finetuning import common
+from data2vec_hf.finetuning import card_and_push, common
 from data2vec_hf.metrics import glue_metrics
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     model_args, data_args, training_args = common.parse_arguments(
         (ModelArguments, DataTrainingArguments, TrainingArguments), argv
     )
-    hub = common.take_hub_settings(training_args)
+    hub = card_and_push.take_hub_settings(training_args)
     common.setup_logging(training_args)
     checkpoint = common.resolve_checkpoint(training_args)
     set_seed(training_args.seed)
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     )
     if key2 is not None:
         usage += '  # or {{"text": "first sentence", "text_pair": "second sentence"}}'
-    common.write_card_and_push(
+    card_and_push.write_card_and_push(
         trainer,
         hub,
         template="finetuned_text_classification",
@@ -346,13 +346,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def dataset_description(data_args: DataTrainingArguments) -> common.DatasetDescription:
+def dataset_description(data_args: DataTrainingArguments) -> card_and_push.DatasetDescription:
     """For the card: the local files, or the Hub dataset actually loaded (``nyu-mll/glue`` + task)."""
     if data_args.train_file or data_args.validation_file or data_args.test_file:
-        return common.DatasetDescription.from_args(data_args)
+        return card_and_push.DatasetDescription.from_args(data_args)
     name = data_args.dataset_name or GLUE_HUB_DATASET
     config = data_args.dataset_config_name or data_args.task_name
-    return common.DatasetDescription(
+    return card_and_push.DatasetDescription(
         name=f"{name} ({config})" if config else name, hub_id=name, config=config
     )
 

@@ -34,7 +34,7 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from data2vec_hf.finetuning import common
+from data2vec_hf.finetuning import card_and_push, common, layer_decay
 from data2vec_hf.metrics import top_k_accuracy
 from data2vec_hf.pretraining.data import (
     IMAGENET_MEAN,
@@ -217,8 +217,8 @@ def collate(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class ImageClassificationTrainer(common.LayerDecayTrainer):
-    """Layer-wise LR decay (see :class:`common.LayerDecayTrainer`) and, in training, timm's
+class ImageClassificationTrainer(layer_decay.LayerDecayTrainer):
+    """Layer-wise LR decay (see :class:`layer_decay.LayerDecayTrainer`) and, in training, timm's
     mixup/cutmix with a soft-target cross-entropy (label smoothing folded into the targets)."""
 
     def __init__(self, *args, mixup=None, **kwargs):
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     model_args, data_args, aug_args, training_args = common.parse_arguments(
         (ModelArguments, DataTrainingArguments, AugmentationArguments, TrainingArguments), argv
     )
-    hub = common.take_hub_settings(training_args)
+    hub = card_and_push.take_hub_settings(training_args)
     training_args.remove_unused_columns = False  # images are transformed on the fly from their column
     common.setup_logging(training_args)
     checkpoint = common.resolve_checkpoint(training_args)
@@ -384,12 +384,12 @@ def main(argv=None) -> int:
         ("mixup / cutmix", f"{aug_args.mixup} / {aug_args.cutmix}" if aug_args.mixing else "off"),
         ("label smoothing", training_args.label_smoothing_factor),
     ]
-    common.write_card_and_push(
+    card_and_push.write_card_and_push(
         trainer,
         hub,
         template="finetuned_image_classification",
         model_args=model_args,
-        dataset=common.DatasetDescription.from_args(data_args),
+        dataset=card_and_push.DatasetDescription.from_args(data_args),
         task_type="image-classification",
         task_name="Image Classification",
         modality="vision",

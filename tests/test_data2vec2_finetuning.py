@@ -274,7 +274,7 @@ def test_mean_pooling_unchanged():
 def test_finetuning_script_writes_and_pushes_remote_code(tmp_path, hub):  # noqa: F811
     """``--remote_code``: the fine-tuned 2.0 folder gets its own code and auto_map, the one-commit push
     carries them, and the card's usage loads the folder with ``trust_remote_code=True``."""
-    from data2vec_hf.finetuning import common, finetune_glue
+    from data2vec_hf.finetuning import card_and_push, finetune_glue
     from test_finetuning import TRAINING, WORDS, fox_rows, write_csv
     from test_remote_code import save_processors
     from transformers import AutoModelForSequenceClassification
@@ -305,4 +305,4 @@ def test_finetuning_script_writes_and_pushes_remote_code(tmp_path, hub):  # noqa
     model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
     assert type(model) is data2vec_hf.Data2Vec2TextForSequenceClassification
     # a 1.0 model needs no code of its own: the option is ignored
-    assert common.write_remote_code(model, out, "1.0") is False
+    assert card_and_push.write_remote_code(model, out, "1.0") is False

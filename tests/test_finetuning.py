@@ -144,7 +144,7 @@ def pretrained(tmp_path_factory):
     """{"text"|"audio"|"vision": 1.0 checkpoint dir, "text_v2"|"audio_v2"|"vision_v2": 2.0 checkpoint dir,
     "speech"|"images": data dir}, by the pretraining scripts: the three 1.0 runs in one process, the
     three 2.0 runs (``--version 2``) in another, both at once."""
-    from data2vec_hf.pretraining.corpora import build_speech_corpus
+    from data2vec_hf.pretraining.data.corpora import build_speech_corpus
 
     root = tmp_path_factory.mktemp("pretrained")
     text = root / "text.txt"
@@ -622,7 +622,7 @@ def test_asr_ctc_finetuning(version, pretrained, hub, tmp_path, caplog):  # noqa
 
 
 def test_layer_decay_parameter_groups(tmp_path):
-    from data2vec_hf.finetuning.common import layer_decay_parameter_groups, layer_id
+    from data2vec_hf.finetuning.layer_decay import layer_decay_parameter_groups, layer_id
     from transformers import Data2VecVisionConfig, Data2VecVisionForImageClassification
 
     config = Data2VecVisionConfig(
@@ -641,7 +641,7 @@ def test_layer_decay_parameter_groups(tmp_path):
     assert groups[0]["layer_id"] == 4 and groups[-1]["layer_id"] == 0  # head first (its lr is logged)
 
     # the Trainer's optimizer gets these groups, and the schedule keeps their ratios
-    from data2vec_hf.finetuning.common import LayerDecayTrainer
+    from data2vec_hf.finetuning.layer_decay import LayerDecayTrainer
     from transformers import TrainingArguments
 
     args = TrainingArguments(
@@ -702,7 +702,7 @@ def test_layer_decay_of_data2vec2_parameters(modality):
     """Every parameter of each Data2Vec2* head gets its structural layer: the whole modality encoder
     (local encoder, positions, ALiBi scale, extra tokens, context norm, prenet) 0, ``blocks.i`` i + 1,
     the head last — and the optimizer groups carry the matching learning rates."""
-    from data2vec_hf.finetuning.common import layer_decay_parameter_groups, layer_id
+    from data2vec_hf.finetuning.layer_decay import layer_decay_parameter_groups, layer_id
 
     model = TINY_V2_MODELS[modality]()
     expected = expected_layer_ids(model)
@@ -730,7 +730,7 @@ def test_layer_decay_of_data2vec2_parameters(modality):
 
 def test_layer_decay_puts_the_positional_convolution_of_data2vec_audio_with_the_embeddings():
     """1.0 audio: ``encoder.pos_conv_embed.layers.0`` runs before the blocks (not block 0)."""
-    from data2vec_hf.finetuning.common import layer_id
+    from data2vec_hf.finetuning.layer_decay import layer_id
     from transformers import Data2VecAudioConfig, Data2VecAudioForCTC
 
     config = Data2VecAudioConfig(
@@ -812,7 +812,7 @@ def image_run_of(request, version: int) -> tuple[Path, Path]:
 
 @VERSIONS
 def test_image_training_loss_falls_with_layer_decay(version, request):
-    from data2vec_hf.finetuning.common import layer_decay_parameter_groups
+    from data2vec_hf.finetuning.layer_decay import layer_decay_parameter_groups
     from transformers import AutoModelForImageClassification
 
     out, _ = image_run_of(request, version)
