@@ -273,6 +273,61 @@ def _normalisation(args: Mapping):
 # ---------------------------------------------------------------------------------------- converter
 
 
+def _source_state(checkpoint: Mapping, student: Mapping, backbone) -> tuple[dict, dict]:
+    """The student (and ``model_ema`` teacher) tensors with the fused q/k/v split, and the zero
+    query/value biases transformers' attention has where the file (``qkv_bias=False``) has none."""
+    state = dict(student)
+    ema = checkpoint.get(EMA_KEY)
+    if isinstance(ema, Mapping):
+        state.update({EMA_PREFIX + k: v for k, v in ema.items()})
+    check_position_indices(state, (backbone.image_size // backbone.patch_size,) * 2)
+    state = split_qkv(state, backbone.hidden_size)
+    extra = {}
+    for key in ("query", "value"):
+        for i in range(backbone.num_hidden_layers):
+            if f"blocks.{i}.attn.{key[0]}_bias" not in state:
+                extra[f"data2vec_vision.encoder.layer.{i}.attention.attention.{key}.bias"] = torch.zeros(
+                    backbone.hidden_size
+                )
+    return state, extra
+
+
+def _pretraining_model(backbone, args: Mapping, checkpoint: Mapping, state: dict, extra: dict, dtype):
+    """``Data2VecVisionForPreTraining`` with the file's objective; the teacher copies the student when the
+    file has no ``model_ema``."""
+    config = Data2VecVisionPreTrainingConfig(
+        **{k: v for k, v in backbone.to_dict().items() if k not in ("model_type", "transformers_version")},
+        **_objective_from_args(args, backbone.num_hidden_layers),
+    )
+    if EMA_KEY not in checkpoint:
+        logger.info("no model_ema teacher in the file: the teacher starts as a copy of the student")
+        state.update({EMA_PREFIX + k: v.clone() for k, v in state.items() if not k.startswith(EMA_PREFIX)})
+    extra = {
+        **extra,
+        **{"teacher.model." + k[len("data2vec_vision.") :]: v.clone() for k, v in extra.items()},
+    }
+    return build_model(Data2VecVisionForPreTraining, config, state, BEIT_MAPPING, extra, dtype=dtype)
+
+
+def _details(backbone, checkpoint: Mapping) -> list[tuple[str, object]]:
+    if backbone.use_shared_relative_position_bias:
+        relative_bias = "shared"
+    else:
+        relative_bias = "per layer" if backbone.use_relative_position_bias else "none"
+    return [
+        (
+            "hidden size / layers / heads",
+            f"{backbone.hidden_size} / {backbone.num_hidden_layers} / {backbone.num_attention_heads}",
+        ),
+        ("image / patch size", f"{backbone.image_size} / {backbone.patch_size}"),
+        ("relative position bias", relative_bias),
+        ("absolute position embeddings", backbone.use_absolute_position_embeddings),
+        ("layer scale", backbone.layer_scale_init_value > 0),
+        ("pooling", "mean + LayerNorm" if backbone.use_mean_pooling else "CLS after final LayerNorm"),
+        ("teacher in file", "yes (model_ema)" if EMA_KEY in checkpoint else "no"),
+    ]
+
+
 def convert_vision(source: Source, options: Options) -> Conversion:
     """data2vec 1.0 vision (BEiT codebase): pretrained or ImageNet fine-tuned."""
     checkpoint = source.checkpoint
@@ -285,37 +340,19 @@ def convert_vision(source: Source, options: Options) -> Conversion:
     backbone = vision_backbone_config(student, args, options)
     if options.model_config:
         backbone = Data2VecVisionConfig(**{**backbone.to_dict(), **options.model_config})
-    window = (backbone.image_size // backbone.patch_size,) * 2
-
-    state = dict(student)
-    ema = checkpoint.get(EMA_KEY)
-    if isinstance(ema, Mapping):
-        state.update({EMA_PREFIX + k: v for k, v in ema.items()})
-    check_position_indices(state, window)
-    state = split_qkv(state, backbone.hidden_size)
-    extra = {}
-    for key in ("query", "value"):  # qkv_bias=False: transformers' query/value still have a bias
-        for i in range(backbone.num_hidden_layers):
-            if f"blocks.{i}.attn.{key[0]}_bias" not in state:
-                extra[f"data2vec_vision.encoder.layer.{i}.attention.attention.{key}.bias"] = torch.zeros(
-                    backbone.hidden_size
-                )
+    state, extra = _source_state(checkpoint, student, backbone)
 
     fine_tuned = "head.weight" in student
     export = (
         ("image-classification" if fine_tuned else "encoder") if options.export == "auto" else options.export
     )
-    if backbone.use_mean_pooling and "fc_norm.weight" not in student and export == "image-classification":
-        # `linear_classifier`: a LayerNorm without affine parameters is one with weight 1 and bias 0
-        extra["data2vec_vision.pooler.layernorm.weight"] = torch.ones(backbone.hidden_size)
-        extra["data2vec_vision.pooler.layernorm.bias"] = torch.zeros(backbone.hidden_size)
-
-    def prefixed(mapping: dict, old: str, new: str) -> dict:
-        return {new + k[len(old) :] if k.startswith(old) else k: v for k, v in mapping.items()}
-
     notes = []
     if export == "image-classification":
         require(fine_tuned, "this file has no classification head; use --export encoder or pretraining")
+        if backbone.use_mean_pooling and "fc_norm.weight" not in student:
+            # `linear_classifier`: a LayerNorm without affine parameters is one with weight 1 and bias 0
+            extra["data2vec_vision.pooler.layernorm.weight"] = torch.ones(backbone.hidden_size)
+            extra["data2vec_vision.pooler.layernorm.bias"] = torch.zeros(backbone.hidden_size)
         model = build_model(
             Data2VecVisionForImageClassification,
             backbone,
@@ -331,28 +368,13 @@ def convert_vision(source: Source, options: Options) -> Conversion:
     elif export == "pretraining":
         require(not fine_tuned, "a fine-tuned checkpoint has no regression head; use --export encoder")
         require(backbone.use_mask_token, "a pretraining export needs the mask token, which this file lacks")
-        config = Data2VecVisionPreTrainingConfig(
-            **{
-                k: v for k, v in backbone.to_dict().items() if k not in ("model_type", "transformers_version")
-            },
-            **_objective_from_args(args, backbone.num_hidden_layers),
-        )
-        if EMA_KEY not in checkpoint:
-            logger.info("no model_ema teacher in the file: the teacher starts as a copy of the student")
-            state.update(
-                {EMA_PREFIX + k: v.clone() for k, v in state.items() if not k.startswith(EMA_PREFIX)}
-            )
-        extra.update({"teacher.model." + k[len("data2vec_vision.") :]: v.clone() for k, v in extra.items()})
-        model = build_model(
-            Data2VecVisionForPreTraining, config, state, BEIT_MAPPING, extra, dtype=options.dtype
-        )
+        model = _pretraining_model(backbone, args, checkpoint, state, extra, options.dtype)
         notes.append(
             "the EMA teacher's own patch embedding, CLS and mask tokens are dropped: data2vec_hf's teacher "
             "shares the embeddings with the student"
         )
     else:
-        encoder_extra = prefixed(extra, "data2vec_vision.", "")
-        encoder_extra = {k: v for k, v in encoder_extra.items() if not k.startswith("pooler.")}
+        encoder_extra = {k[len("data2vec_vision.") :]: v for k, v in extra.items()}
         model = build_model(
             Data2VecVisionModel, backbone, state, BEIT_ENCODER_VIEW, encoder_extra, dtype=options.dtype
         )
@@ -368,24 +390,6 @@ def convert_vision(source: Source, options: Options) -> Conversion:
         else "image-feature-extraction",
         processors=[beit_image_processor(backbone.image_size, mean, std)],
         notes=notes,
-        details=[
-            (
-                "hidden size / layers / heads",
-                f"{backbone.hidden_size} / {backbone.num_hidden_layers} / {backbone.num_attention_heads}",
-            ),
-            ("image / patch size", f"{backbone.image_size} / {backbone.patch_size}"),
-            (
-                "relative position bias",
-                "shared"
-                if backbone.use_shared_relative_position_bias
-                else "per layer"
-                if backbone.use_relative_position_bias
-                else "none",
-            ),
-            ("absolute position embeddings", backbone.use_absolute_position_embeddings),
-            ("layer scale", backbone.layer_scale_init_value > 0),
-            ("pooling", "mean + LayerNorm" if backbone.use_mean_pooling else "CLS after final LayerNorm"),
-            ("teacher in file", "yes (model_ema)" if EMA_KEY in checkpoint else "no"),
-        ],
+        details=_details(backbone, checkpoint),
         needs_data2vec_hf=export == "pretraining",
     )

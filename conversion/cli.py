@@ -307,16 +307,8 @@ def _reload(conversion: Conversion, folder: Path):
     return model_cls.from_pretrained(folder, **kwargs).eval()
 
 
-def convert(args) -> Path:
-    """Run one conversion (parsed ``args``); returns the output folder."""
-    from .registry import select
-    from .verify import compare_with_fairseq, compare_with_reference, require_agreement
-
-    started = time.perf_counter()
-    output_dir: Path = args.output_dir.resolve()
-    _check_output_dir(output_dir, args.overwrite)
-    _check_inputs(args, output_dir)
-    options = Options(
+def _options(args) -> Options:
+    return Options(
         export=args.export,
         dtype=DTYPES[args.dtype],
         dict_path=args.dict_path,
@@ -327,6 +319,10 @@ def convert(args) -> Path:
         image_size=args.image_size,
     )
 
+
+def _read_source(args, options: Options) -> Source:
+    """The checkpoint with its hash and fairseq sections; a ``--model_config`` stands in for a stripped
+    audio/text config."""
     logger.info("reading %s", args.checkpoint)
     checkpoint = load_checkpoint(args.checkpoint)
     source = Source(
@@ -336,14 +332,11 @@ def convert(args) -> Path:
         source.sections = (dict(options.model_config), {})
         options.model_config = {}
     logger.info("sha256 %s", source.sha256)
-    version = {"1": "1.0", "2": "2.0"}.get(args.version)
-    converter = select(source, args.modality, version)
-    logger.info("detected %s (%s); export: %s", converter.name, converter.describe, args.export)
-    if args.remote_code and converter.version != "2.0":
-        raise ConversionError(
-            "--remote_code is for data2vec 2.0 models; a converted data2vec 1.0 encoder or head loads in "
-            "plain transformers already"
-        )
+    return source
+
+
+def _run_converter(converter: Converter, source: Source, options: Options) -> Conversion:
+    """``converter.convert``, with a missing setting/tensor or a rejected config as a ConversionError."""
     try:
         conversion = converter.convert(source, options)
     except ConversionError:
@@ -360,38 +353,82 @@ def convert(args) -> Path:
         f"{sum(p.numel() for p in model.parameters()):,}",
         conversion.export,
     )
+    return conversion
+
+
+def _verify(conversion: Conversion, source: Source, args, scratch: Path) -> list:
+    """``--verify``: the written model, loaded back, against fairseq and/or a reference file."""
+    from .verify import compare_with_fairseq, compare_with_reference, require_agreement
+
+    conversion.model = _reload(conversion, scratch)
+    checks = []
+    fairseq_checks = compare_with_fairseq(source.path, conversion, args.verify or None, args.tolerance)
+    if fairseq_checks is not None:
+        require_agreement(fairseq_checks, "fairseq")
+        checks += fairseq_checks
+    if args.verify:
+        reference_checks = compare_with_reference(
+            conversion.model, conversion.modality, args.verify, args.tolerance, conversion.version
+        )
+        require_agreement(reference_checks, f"reference {Path(args.verify).name}")
+        checks += reference_checks
+    if not checks:
+        logger.warning("--verify without a reference file and without fairseq: nothing was compared")
+    return checks
+
+
+def _write_folder(scratch: Path, conversion: Conversion, converter: Converter, source: Source, args) -> None:
+    """Model, remote code, processors, checks and model card into ``scratch``."""
+    conversion.model.save_pretrained(scratch, safe_serialization=True)
+    if args.remote_code:
+        from data2vec_hf.remote_code import export_remote_code
+
+        export_remote_code(conversion.model, scratch)
+    for processor in conversion.processors:
+        processor.save_pretrained(scratch)
+    logger.info("wrote %s", ", ".join(sorted(p.name for p in scratch.iterdir())))
+    checks = _verify(conversion, source, args, scratch) if args.verify is not None else []
+    write_model_card(scratch, conversion, converter, source, args, checks)
+
+
+def _push(args, output_dir: Path) -> None:
+    from data2vec_hf.hub import push_folder_to_hub
+
+    repo_id = args.hub_model_id or output_dir.name
+    try:
+        push_folder_to_hub(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo or None)
+    except Exception as error:  # network, authentication, permissions
+        raise ConversionError(
+            f"upload to {repo_id} failed ({error}); the folder is at {output_dir}"
+        ) from error
+    logger.info("uploaded to %s", repo_id)
+
+
+def convert(args) -> Path:
+    """Run one conversion (parsed ``args``); returns the output folder."""
+    from .registry import select
+
+    started = time.perf_counter()
+    output_dir: Path = args.output_dir.resolve()
+    _check_output_dir(output_dir, args.overwrite)
+    _check_inputs(args, output_dir)
+    options = _options(args)
+    source = _read_source(args, options)
+    version = {"1": "1.0", "2": "2.0"}.get(args.version)
+    converter = select(source, args.modality, version)
+    logger.info("detected %s (%s); export: %s", converter.name, converter.describe, args.export)
+    if args.remote_code and converter.version != "2.0":
+        raise ConversionError(
+            "--remote_code is for data2vec 2.0 models; a converted data2vec 1.0 encoder or head loads in "
+            "plain transformers already"
+        )
+    conversion = _run_converter(converter, source, options)
 
     created = [p for p in [output_dir.parent, *output_dir.parent.parents] if not p.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
-        model.save_pretrained(scratch, safe_serialization=True)
-        if args.remote_code:
-            from data2vec_hf.remote_code import export_remote_code
-
-            export_remote_code(model, scratch)
-        for processor in conversion.processors:
-            processor.save_pretrained(scratch)
-        logger.info("wrote %s", ", ".join(sorted(p.name for p in scratch.iterdir())))
-        checks = []
-        if args.verify is not None:
-            del model
-            conversion.model = _reload(conversion, scratch)
-            fairseq_checks = compare_with_fairseq(
-                source.path, conversion, args.verify or None, args.tolerance
-            )
-            if fairseq_checks is not None:
-                require_agreement(fairseq_checks, "fairseq")
-                checks += fairseq_checks
-            if args.verify:
-                reference_checks = compare_with_reference(
-                    conversion.model, conversion.modality, args.verify, args.tolerance, conversion.version
-                )
-                require_agreement(reference_checks, f"reference {Path(args.verify).name}")
-                checks += reference_checks
-            if not checks:
-                logger.warning("--verify without a reference file and without fairseq: nothing was compared")
-        write_model_card(scratch, conversion, converter, source, args, checks)
+        _write_folder(scratch, conversion, converter, source, args)
         _move_into_place(scratch, output_dir)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -400,20 +437,8 @@ def convert(args) -> Path:
                 folder.rmdir()
         raise
     logger.info("done in %.1f s: %s", time.perf_counter() - started, output_dir)
-
     if args.push_to_hub:
-        from data2vec_hf.hub import push_folder_to_hub
-
-        repo_id = args.hub_model_id or output_dir.name
-        try:
-            push_folder_to_hub(
-                output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo or None
-            )
-        except Exception as error:  # network, authentication, permissions
-            raise ConversionError(
-                f"upload to {repo_id} failed ({error}); the folder is at {output_dir}"
-            ) from error
-        logger.info("uploaded to %s", repo_id)
+        _push(args, output_dir)
     return output_dir
 
 

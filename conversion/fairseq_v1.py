@@ -276,67 +276,8 @@ def inner_model_name(source: Source) -> str | None:
     return inner.get("_name") or inner.get("arch")
 
 
-def convert_audio(source: Source, options: Options) -> Conversion:
-    """data2vec 1.0 audio: pretrained (``data2vec_audio``) or CTC fine-tuned (``wav2vec_ctc``)."""
-    require(
-        source.sections is not None,
-        "the file has no fairseq config; pass the model config with --model_config",
-    )
-    model_cfg, task_cfg = source.sections
-    state = fairseq_state_dict(source.checkpoint)
-    details = []
-    if is_ctc(source):
-        pre_cfg, pre_task = _w2v_args(model_cfg)
-        require(
-            pre_cfg.get("_name") in (None, "data2vec_audio"),
-            f"fine-tuned model wraps {pre_cfg.get('_name')!r}, not data2vec_audio",
-        )
-        config = audio_config({**pre_cfg, **options.model_config})
-        require(
-            "w2v_encoder.proj.weight" in state,
-            "CTC checkpoint has no output projection w2v_encoder.proj",
-        )
-        num_labels = state["w2v_encoder.proj.weight"].shape[0]
-        export = "ctc" if options.export == "auto" else options.export
-        require(export != "pretraining", "a fine-tuned checkpoint has no regression head or EMA teacher")
-        normalize = bool(task_cfg.get("normalize", pre_task.get("normalize", False)))
-        sample_rate = task_cfg.get("sample_rate") or pre_task.get("sample_rate") or 16000
-        cfg = plain(source.checkpoint.get("cfg"))
-        criterion = (cfg.get("criterion") if isinstance(cfg, Mapping) else task_cfg) or {}
-        if export == "ctc":
-            ctc_config = _ctc_config(config.to_backbone_config(), model_cfg, criterion, num_labels)
-            model = build_model(Data2VecAudioForCTC, ctc_config, state, AUDIO_CTC_VIEW, dtype=options.dtype)
-            processors, notes = ctc_processor(
-                audio_feature_extractor(sample_rate, normalize), options.dict_path, num_labels
-            )
-        else:
-            model = build_model(
-                Data2VecAudioModel,
-                config.to_backbone_config(),
-                state,
-                AUDIO_CTC_ENCODER_VIEW,
-                dtype=options.dtype,
-            )
-            processors, notes = [audio_feature_extractor(sample_rate, normalize)], []
-        kind = "CTC fine-tuned"
-        details.append(("output labels (CTC)", num_labels))
-    else:
-        config = audio_config({**model_cfg, **options.model_config})
-        export = "encoder" if options.export == "auto" else options.export
-        if export == "pretraining":
-            model = _audio_pretraining(config, state, options.dtype)
-        else:
-            model = build_model(
-                Data2VecAudioModel,
-                config.to_backbone_config(),
-                state,
-                AUDIO_ENCODER_VIEW,
-                dtype=options.dtype,
-            )
-        normalize = bool(task_cfg.get("normalize", False))
-        processors = [audio_feature_extractor(task_cfg.get("sample_rate") or 16000, normalize)]
-        notes, kind = [], "pretrained"
-        details.append(("teacher in file", "yes (_ema)" if _has_ema(state) else "no"))
+def _audio_conversion(config, model, export: str, kind: str, processors, notes, normalize, details):
+    """The :class:`Conversion` of a data2vec 1.0 audio file, with the rows every audio export shows."""
     details = [
         (
             "hidden size / layers / heads",
@@ -359,6 +300,78 @@ def convert_audio(source: Source, options: Options) -> Conversion:
         details=details,
         needs_data2vec_hf=export == "pretraining",
     )
+
+
+def _convert_ctc_audio(source: Source, options: Options, state: dict) -> Conversion:
+    """``wav2vec_ctc`` around ``data2vec_audio``: the CTC model, or its encoder."""
+    model_cfg, task_cfg = source.sections
+    pre_cfg, pre_task = _w2v_args(model_cfg)
+    require(
+        pre_cfg.get("_name") in (None, "data2vec_audio"),
+        f"fine-tuned model wraps {pre_cfg.get('_name')!r}, not data2vec_audio",
+    )
+    config = audio_config({**pre_cfg, **options.model_config})
+    require(
+        "w2v_encoder.proj.weight" in state,
+        "CTC checkpoint has no output projection w2v_encoder.proj",
+    )
+    num_labels = state["w2v_encoder.proj.weight"].shape[0]
+    export = "ctc" if options.export == "auto" else options.export
+    require(export != "pretraining", "a fine-tuned checkpoint has no regression head or EMA teacher")
+    normalize = bool(task_cfg.get("normalize", pre_task.get("normalize", False)))
+    sample_rate = task_cfg.get("sample_rate") or pre_task.get("sample_rate") or 16000
+    cfg = plain(source.checkpoint.get("cfg"))
+    criterion = (cfg.get("criterion") if isinstance(cfg, Mapping) else task_cfg) or {}
+    if export == "ctc":
+        ctc_config = _ctc_config(config.to_backbone_config(), model_cfg, criterion, num_labels)
+        model = build_model(Data2VecAudioForCTC, ctc_config, state, AUDIO_CTC_VIEW, dtype=options.dtype)
+        processors, notes = ctc_processor(
+            audio_feature_extractor(sample_rate, normalize), options.dict_path, num_labels
+        )
+    else:
+        model = build_model(
+            Data2VecAudioModel,
+            config.to_backbone_config(),
+            state,
+            AUDIO_CTC_ENCODER_VIEW,
+            dtype=options.dtype,
+        )
+        processors, notes = [audio_feature_extractor(sample_rate, normalize)], []
+    details = [("output labels (CTC)", num_labels)]
+    return _audio_conversion(config, model, export, "CTC fine-tuned", processors, notes, normalize, details)
+
+
+def _convert_pretrained_audio(source: Source, options: Options, state: dict) -> Conversion:
+    """A pretrained ``data2vec_audio``: the encoder, or the pretraining model with its teacher."""
+    model_cfg, task_cfg = source.sections
+    config = audio_config({**model_cfg, **options.model_config})
+    export = "encoder" if options.export == "auto" else options.export
+    if export == "pretraining":
+        model = _audio_pretraining(config, state, options.dtype)
+    else:
+        model = build_model(
+            Data2VecAudioModel,
+            config.to_backbone_config(),
+            state,
+            AUDIO_ENCODER_VIEW,
+            dtype=options.dtype,
+        )
+    normalize = bool(task_cfg.get("normalize", False))
+    processors = [audio_feature_extractor(task_cfg.get("sample_rate") or 16000, normalize)]
+    details = [("teacher in file", "yes (_ema)" if _has_ema(state) else "no")]
+    return _audio_conversion(config, model, export, "pretrained", processors, [], normalize, details)
+
+
+def convert_audio(source: Source, options: Options) -> Conversion:
+    """data2vec 1.0 audio: pretrained (``data2vec_audio``) or CTC fine-tuned (``wav2vec_ctc``)."""
+    require(
+        source.sections is not None,
+        "the file has no fairseq config; pass the model config with --model_config",
+    )
+    state = fairseq_state_dict(source.checkpoint)
+    if is_ctc(source):
+        return _convert_ctc_audio(source, options, state)
+    return _convert_pretrained_audio(source, options, state)
 
 
 # ----------------------------------------------------------------------------------------------- text

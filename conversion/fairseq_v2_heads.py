@@ -197,14 +197,8 @@ _AUDIO_POOLING_MISSING = {
 }
 
 
-def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
-    """fairseq ``audio_classification`` (multi-label: BCE on the logits) → Data2Vec2AudioForSequenceClassification.
-
-    ``lin_softmax`` (fairseq's default and its AudioSet recipe): ``proj`` per frame, linear-softmax pooling
-    → ``classifier``, no projector; ``average``/``average_before``: the same with mean pooling;
-    ``proj_avg_proj``: ``proj`` → ``projector``, mean, ``proj2`` → ``classifier``."""
-    cfg = fmt.wrapper_cfg
-    mode = cfg.get("prediction_mode") or "lin_softmax"
+def _check_audio_head(cfg: Mapping, state: Mapping, mode: str) -> None:
+    """Refuse the ``audio_classification`` heads Data2Vec2AudioForSequenceClassification cannot hold."""
     eval_mode = cfg.get("eval_prediction_mode")
     require(
         eval_mode in (None, "", mode),
@@ -230,6 +224,18 @@ def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
         "the audio classifier has no linear proj.weight",
     )
     require(not two_layers or "proj2.weight" in state, "prediction_mode=proj_avg_proj without proj2.weight")
+
+
+def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
+    """fairseq ``audio_classification`` (multi-label: BCE on the logits) → Data2Vec2AudioForSequenceClassification.
+
+    ``lin_softmax`` (fairseq's default and its AudioSet recipe): ``proj`` per frame, linear-softmax pooling
+    → ``classifier``, no projector; ``average``/``average_before``: the same with mean pooling;
+    ``proj_avg_proj``: ``proj`` → ``projector``, mean, ``proj2`` → ``classifier``."""
+    cfg = fmt.wrapper_cfg
+    mode = cfg.get("prediction_mode") or "lin_softmax"
+    _check_audio_head(cfg, state, mode)
+    two_layers = mode == "proj_avg_proj"
     classifier = "proj2" if two_layers else "proj"
     num_labels = state[f"{classifier}.weight"].shape[0]
     rules = [(rf"{classifier}\.(weight|bias)", r"classifier.\1")]
@@ -244,6 +250,16 @@ def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
         **fine_tuning_masks(cfg, zero_fill=bool(modality_cfg.get("encoder_zero_mask", True))),
     }
     pooling = {"linear_softmax": "linear-softmax pooling of per-frame logits", "mean": "mean over frames"}
+    notes = [
+        "label names are not stored in the file: labels are LABEL_0 … LABEL_N in the order of the "
+        "fine-tuning task's label file",
+        "multi-label: apply a sigmoid to the logits (the audio-classification pipeline does)",
+        "padded frames are left out of the pooling (fairseq pools them as zero features)",
+    ]
+    if (cfg.get("source_mixup") or -1) >= 0:
+        notes.append(
+            f"mixup (source_mixup={cfg.get('source_mixup')}) is a training augmentation and is not part of the model"
+        )
     return Head(
         Data2Vec2AudioForSequenceClassification,
         "audio-classification",
@@ -257,17 +273,5 @@ def audio_head(fmt, state: Mapping, modality_cfg: Mapping) -> Head:
             ("fairseq prediction_mode", mode),
             ("head", pooling[config["classifier_pooling"]]),
         ],
-        notes=[
-            "label names are not stored in the file: labels are LABEL_0 … LABEL_N in the order of the "
-            "fine-tuning task's label file",
-            "multi-label: apply a sigmoid to the logits (the audio-classification pipeline does)",
-            "padded frames are left out of the pooling (fairseq pools them as zero features)",
-        ]
-        + (
-            [
-                f"mixup (source_mixup={cfg.get('source_mixup')}) is a training augmentation and is not part of the model"
-            ]
-            if (cfg.get("source_mixup") or -1) >= 0
-            else []
-        ),
+        notes=notes,
     )
