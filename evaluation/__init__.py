@@ -3,6 +3,8 @@
 - :class:`OnlineEvaluator` (``--eval_*`` flags from :func:`add_arguments`) probes the student encoder
   of a running pretraining job every ``--eval_steps`` updates;
 - ``data2vec-probe`` / ``python -m data2vec_hf.evaluation`` probes any checkpoint;
+- :class:`ProbeSettings` declares the probe flags once: ``data2vec-probe``'s, and the same behind
+  ``--eval_`` for online evaluation (:data:`OnlineEvaluationArguments`);
 - :func:`build_probe_set` builds the embedded labelled probe sets (speech, images, text) offline.
 """
 
@@ -12,13 +14,17 @@ from .features import EncoderInputs, NotAnEncoderError, encoder_kind, extract_fe
 from .online import OnlineEvaluator, add_arguments
 from .probe_sets import build_probe_set
 from .probes import knn_accuracy, knn_predict, linear_probe, weighted_layer_probe
+from .settings import OnlineEvaluationArguments, OnlineSchedule, ProbeSettings
 
 __all__ = [
     "EncoderInputs",
     "LabelledData",
     "LabelledSplit",
     "NotAnEncoderError",
+    "OnlineEvaluationArguments",
     "OnlineEvaluator",
+    "OnlineSchedule",
+    "ProbeSettings",
     "add_arguments",
     "baseline_accuracy",
     "build_probe_set",

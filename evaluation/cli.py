@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from data2vec_hf.pretraining.arguments import (
     greater_than,
     within,
 )
+from data2vec_hf.pretraining.typed_flags import FlagParser
 
 from .baselines import baseline_accuracy
 from .data import LabelledData, load_labelled_data
@@ -47,6 +49,7 @@ from .features import (
 )
 from .online import chance
 from .probes import KNN_TEMPERATURE, knn_accuracy, linear_probe, weighted_layer_probe
+from .settings import ProbeSettings
 
 logger = logging.getLogger("data2vec_hf.evaluation")
 
@@ -55,97 +58,54 @@ class ProbeError(RuntimeError):
     """A problem with the command's input that the user can fix; the message says what."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass
+class ProbeCommand:
+    """The flags of ``data2vec-probe`` beside the shared :class:`~.settings.ProbeSettings`."""
+
+    _argument_group_name = "model and output"
+
+    processor: str | None = field(
+        default=None,
+        metadata={
+            "help": "where to load the feature extractor / image processor / tokenizer from (default: MODEL; "
+            "audio and images fall back to what the pretraining scripts export: 16 kHz normalised audio, "
+            "ImageNet mean/std)"
+        },
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"}
+    )
+    random_init: bool = field(
+        default=False,
+        metadata={
+            "help": "also probe a randomly initialised encoder of the same configuration (a reference row)"
+        },
+    )
+    baseline: bool = field(
+        default=False,
+        metadata={
+            "help": "also score the hand-crafted baseline (log-mel statistics, raw pixels or bag of words)"
+        },
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder"})
+    output_json: str = field(
+        default="probe_results.json", metadata={"help": "where the results are written ('' to skip)"}
+    )
+
+
+def build_parser() -> FlagParser:
+    """The parser of ``data2vec-probe``: :class:`~.settings.ProbeSettings`, :class:`ProbeCommand` and
+    the positional MODEL; ``parse_args`` returns a flat namespace of both dataclasses' fields."""
+    parser = FlagParser(
+        (ProbeSettings, ProbeCommand),
         prog="data2vec-probe",
         description=__doc__.split("\n\n")[0]
         + " Exit status 2 on bad input (the message says what to change).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "model",
         help="checkpoint folder or Hub id that AutoModel loads: our pretraining output (its encoder), a converted "
         "fairseq checkpoint, a native transformers data2vec model (data2vec 1.0 or 2.0, audio/vision/text)",
-    )
-    source = parser.add_argument_group("labelled data (exactly one source)")
-    source.add_argument(
-        "--embedded",
-        action="store_true",
-        help="the embedded probe set of the model's modality: spoken animal words (12 classes, unseen speakers), "
-        "printed digits (10 classes) or original vs word-shuffled sentences (2 classes); built offline",
-    )
-    source.add_argument("--dataset_name", default=None, help="a datasets Hub name")
-    source.add_argument("--dataset_config_name", default=None, help="its configuration name")
-    source.add_argument(
-        "--data_dir",
-        default=None,
-        help="a folder: metadata.csv/metadata.jsonl (input, label and optional 'split' column), class sub-folders "
-        "(<dir>/<label>/<file>; text: .txt files, one example per line), or train/ and test/ with class sub-folders",
-    )
-    source.add_argument(
-        "--data_file",
-        default=None,
-        help="a .csv/.jsonl/.json manifest: file_name or path (relative to the manifest) or text, the label "
-        "column, and optionally 'split' (train/test)",
-    )
-    data = parser.add_argument_group("data options")
-    data.add_argument("--label_column", default="label", help="column holding the class labels")
-    data.add_argument(
-        "--input_column",
-        default=None,
-        help="audio/image/text column (default: the typed column, then audio/file/path/file_name, "
-        "image/img/file_name/path or text/sentence/content)",
-    )
-    data.add_argument("--train_split", default="train", help="split the probes are fitted on")
-    data.add_argument("--test_split", default="test", help="split the probes are scored on")
-    data.add_argument(
-        "--test_fraction",
-        type=float,
-        default=0.2,
-        help="without a test split: share of each class held out for testing (stratified, seeded)",
-    )
-    data.add_argument(
-        "--max_examples", type=int, default=5000, help="at most this many examples per split (seeded)"
-    )
-    data.add_argument(
-        "--max_seconds", type=float, default=30.0, help="longer clips are centre-cropped (audio)"
-    )
-    data.add_argument("--cache_dir", default=None, help="datasets cache folder")
-    model = parser.add_argument_group("model options")
-    model.add_argument(
-        "--processor",
-        default=None,
-        help="where to load the feature extractor / image processor / tokenizer from (default: MODEL; audio "
-        "and images fall back to what the pretraining scripts export: 16 kHz normalised audio, ImageNet mean/std)",
-    )
-    model.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
-    )
-    model.add_argument("--batch_size", type=int, default=16, help="examples per forward")
-    model.add_argument(
-        "--random_init",
-        action="store_true",
-        help="also probe a randomly initialised encoder of the same configuration (a reference row)",
-    )
-    probes = parser.add_argument_group("probes")
-    probes.add_argument("--knn_k", type=int, default=20, help="neighbours of the cosine k-NN probe")
-    probes.add_argument(
-        "--knn_temperature", type=float, default=KNN_TEMPERATURE, help="k-NN votes weigh exp(similarity / T)"
-    )
-    probes.add_argument(
-        "--probe_iterations",
-        type=int,
-        default=100,
-        help="L-BFGS iterations of the linear and weighted-sum probes",
-    )
-    probes.add_argument(
-        "--baseline",
-        action="store_true",
-        help="also score the hand-crafted baseline (log-mel statistics, raw pixels or bag of words)",
-    )
-    probes.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of subsets")
-    parser.add_argument(
-        "--output_json", default="probe_results.json", help="where the results are written ('' to skip)"
     )
     return parser
 

@@ -27,101 +27,20 @@ import logging
 import time
 
 import torch
+from data2vec_hf.pretraining.typed_flags import add_dataclass_arguments
 
 from .data import LabelledData, load_labelled_data
 from .features import EncoderInputs, encoder_kind, extract_features, sampling_rate_of, student_encoder
 from .probes import KNN_TEMPERATURE, knn_accuracy, linear_probe
+from .settings import OnlineEvaluationArguments, OnlineSchedule, ProbeSettings, online_settings
 
 logger = logging.getLogger("data2vec_hf.evaluation")
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    """Add the online-evaluation flags (all off by default) to an argparse group."""
-    group.add_argument(
-        "--eval_dataset_name",
-        default=None,
-        help="labelled Hub dataset for online probes (k-NN and linear on frozen student features)",
-    )
-    group.add_argument(
-        "--eval_dataset_config_name", default=None, help="configuration of --eval_dataset_name"
-    )
-    group.add_argument(
-        "--eval_dir",
-        default=None,
-        help="local labelled folder: a metadata.csv/jsonl with the label column (and optionally 'split'), "
-        "class sub-folders, or train/ and test/ with class sub-folders",
-    )
-    group.add_argument(
-        "--eval_file",
-        default=None,
-        help="local labelled manifest (.csv/.jsonl/.json: file_name/path or text, the label column, optional 'split')",
-    )
-    group.add_argument(
-        "--eval_embedded",
-        action="store_true",
-        help="probe on the embedded labelled set of the run's modality (spoken words, printed digits, word "
-        "order of sentences); built offline, disjoint from the embedded pretraining corpora",
-    )
-    group.add_argument("--eval_label_column", default="label", help="label column of the eval data")
-    group.add_argument(
-        "--eval_input_column",
-        default=None,
-        help="audio/image/text column of the eval data (default: as the pretraining data)",
-    )
-    group.add_argument("--eval_train_split", default="train", help="split the probes are fitted on")
-    group.add_argument(
-        "--eval_test_split",
-        default="test",
-        help="split the probes are scored on; when the data has none, --eval_test_fraction of the train split",
-    )
-    group.add_argument(
-        "--eval_test_fraction",
-        type=float,
-        default=0.2,
-        help="share of each class held out for testing when the data has no test split (seeded)",
-    )
-    group.add_argument(
-        "--eval_steps",
-        type=int,
-        default=500,
-        help="evaluate every N updates (and after the last one); 0 = only after the last one",
-    )
-    group.add_argument(
-        "--eval_at_start",
-        action="store_true",
-        help="also evaluate the initial model, before the first update",
-    )
-    group.add_argument("--eval_knn_k", type=int, default=20, help="neighbours of the k-NN probe (cosine)")
-    group.add_argument(
-        "--eval_knn_temperature",
-        type=float,
-        default=KNN_TEMPERATURE,
-        help="k-NN votes are weighted by exp(similarity / T)",
-    )
-    group.add_argument(
-        "--eval_probe_iterations",
-        type=int,
-        default=100,
-        help="L-BFGS iterations of the linear probe (full batch, a fixed budget)",
-    )
-    group.add_argument(
-        "--eval_max_examples",
-        type=int,
-        default=5000,
-        help="at most this many examples per split (seeded subset)",
-    )
-    group.add_argument(
-        "--eval_batch_size", type=int, default=16, help="examples per forward when extracting features"
-    )
-    group.add_argument(
-        "--eval_max_seconds",
-        type=float,
-        default=30.0,
-        help="longer eval clips are centre-cropped to this (audio)",
-    )
-    group.add_argument(
-        "--eval_seed", type=int, default=0, help="seed of the probes' held-out split and subsets"
-    )
+    """Add the online-evaluation flags (all off by default; :data:`~.settings.OnlineEvaluationArguments`,
+    the probe settings of ``data2vec-probe`` behind ``--eval_``) to an argparse parser or group."""
+    add_dataclass_arguments(group, OnlineEvaluationArguments)
 
 
 class OnlineEvaluator:
@@ -164,43 +83,63 @@ class OnlineEvaluator:
     def from_args(cls, args, modality: str, processor, accelerator=None) -> OnlineEvaluator | None:
         """The evaluator the ``--eval_*`` flags ask for, or None when no eval data source was given.
         Loading (and building the embedded set) runs on the main process first, then on the others."""
-        if not any(
-            getattr(args, name, None)
-            for name in ("eval_dataset_name", "eval_dir", "eval_file", "eval_embedded")
-        ):
+        settings, schedule = online_settings(args)
+        return cls.from_settings(
+            settings,
+            modality,
+            processor,
+            accelerator,
+            schedule=schedule,
+            cache_dir=getattr(args, "cache_dir", None),
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ProbeSettings,
+        modality: str,
+        processor,
+        accelerator=None,
+        *,
+        schedule: OnlineSchedule | None = None,
+        cache_dir: str | None = None,
+    ) -> OnlineEvaluator | None:
+        """The evaluator of typed probe settings (None when they name no labelled data source)."""
+        if not any((settings.dataset_name, settings.data_dir, settings.data_file, settings.embedded)):
             return None
+        schedule = schedule or OnlineSchedule()
         guard = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
         with guard:
             data = load_labelled_data(
                 modality,
-                embedded=bool(getattr(args, "eval_embedded", False)),
-                dataset_name=getattr(args, "eval_dataset_name", None),
-                dataset_config_name=getattr(args, "eval_dataset_config_name", None),
-                data_dir=getattr(args, "eval_dir", None),
-                data_file=getattr(args, "eval_file", None),
-                label_column=getattr(args, "eval_label_column", "label"),
-                input_column=getattr(args, "eval_input_column", None),
-                train_split=getattr(args, "eval_train_split", "train"),
-                test_split=getattr(args, "eval_test_split", "test"),
-                test_fraction=getattr(args, "eval_test_fraction", 0.2),
-                max_examples=getattr(args, "eval_max_examples", None),
+                embedded=bool(settings.embedded),
+                dataset_name=settings.dataset_name,
+                dataset_config_name=settings.dataset_config_name,
+                data_dir=settings.data_dir,
+                data_file=settings.data_file,
+                label_column=settings.label_column,
+                input_column=settings.input_column,
+                train_split=settings.train_split,
+                test_split=settings.test_split,
+                test_fraction=settings.test_fraction,
+                max_examples=settings.max_examples,
                 sampling_rate=sampling_rate_of(processor) if modality == "audio" else 16000,
-                max_seconds=getattr(args, "eval_max_seconds", 30.0),
-                seed=getattr(args, "eval_seed", 0),
-                cache_dir=getattr(args, "cache_dir", None),
+                max_seconds=settings.max_seconds,
+                seed=settings.seed,
+                cache_dir=cache_dir,
             )
         return cls(
             data,
             processor,
             accelerator,
-            eval_steps=getattr(args, "eval_steps", 500),
-            eval_at_start=bool(getattr(args, "eval_at_start", False)),
-            knn_k=getattr(args, "eval_knn_k", 20),
-            knn_temperature=getattr(args, "eval_knn_temperature", KNN_TEMPERATURE),
-            probe_iterations=getattr(args, "eval_probe_iterations", 100),
-            batch_size=getattr(args, "eval_batch_size", 16),
-            max_seconds=getattr(args, "eval_max_seconds", 30.0),
-            seed=getattr(args, "eval_seed", 0),
+            eval_steps=schedule.steps,
+            eval_at_start=bool(schedule.at_start),
+            knn_k=settings.knn_k,
+            knn_temperature=settings.knn_temperature,
+            probe_iterations=settings.probe_iterations,
+            batch_size=settings.batch_size,
+            max_seconds=settings.max_seconds,
+            seed=settings.seed,
         )
 
     def due(self, step: int, max_steps: int | None = None) -> bool:

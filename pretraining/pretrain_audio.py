@@ -10,13 +10,12 @@ See ``--help`` for every flag.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
 from data2vec_hf import Data2VecAudioForPreTraining
 from data2vec_hf.data2vec2_audio import Data2Vec2AudioForPreTraining, sample_audio_masks_v2
 from data2vec_hf.data2vec_audio import sample_audio_masks
-from data2vec_hf.pretraining.arguments import recipe_default
 from data2vec_hf.pretraining.data import (
     AudioCollator,
     data_source_kwargs,
@@ -29,53 +28,54 @@ from data2vec_hf.pretraining.trainer import run
 from transformers import Wav2Vec2FeatureExtractor
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--audio_column", default=None, help="audio column (default: audio/file/path/file_name)"
+@dataclass
+class AudioArguments:
+    """The audio script's flags; those left None are filled from the recipe of ``--version``."""
+
+    _argument_group_name = "audio"
+
+    audio_column: str | None = field(
+        default=None, metadata={"help": "audio column (default: audio/file/path/file_name)"}
     )
-    group.add_argument("--sampling_rate", type=int, default=16000, help="audio is resampled to this rate")
-    group.add_argument(
-        "--max_length_seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="longer clips are randomly cropped, afresh every epoch (fairseq's max_sample_size); files "
-        "longer than 4x this keep one seeded random window of 4x this, so they are never decoded whole "
-        f"(default: {recipe_default(SPEC, 'max_length_seconds')})",
+    sampling_rate: int = field(default=16000, metadata={"help": "audio is resampled to this rate"})
+    max_length_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "longer clips are randomly cropped, afresh every epoch (fairseq's max_sample_size); files "
+            "longer than 4x this keep one seeded random window of 4x this, so they are never decoded whole"
+        },
     )
-    group.add_argument(
-        "--min_length_seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="shorter clips are skipped and counted, never shorter than the receptive field "
-        f"(fairseq's min_sample_size) (default: {recipe_default(SPEC, 'min_length_seconds')})",
+    min_length_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "shorter clips are skipped and counted, never shorter than the receptive field "
+            "(fairseq's min_sample_size)"
+        },
     )
-    group.add_argument(
-        "--max_tokens",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="audio samples per process and micro-batch, counted as longest clip x clips (fairseq's "
-        f"max_tokens); 0 = no limit (default: {recipe_default(SPEC, 'max_tokens')})",
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "audio samples per process and micro-batch, counted as longest clip x clips (fairseq's "
+            "max_tokens); 0 = no limit"
+        },
     )
-    group.add_argument(
-        "--group_by_length",
-        action=argparse.BooleanOptionalAction,
+    group_by_length: bool = field(
         default=True,
-        help="batch clips of similar duration together (length-sorted buckets, shuffled, from the seed)",
+        metadata={
+            "help": "batch clips of similar duration together (length-sorted buckets, shuffled, from the seed)"
+        },
     )
-    group.add_argument(
-        "--crop_to_shortest",
-        action=argparse.BooleanOptionalAction,
-        default=argparse.SUPPRESS,
-        help="crop every clip of a batch to its shortest one, as fairseq does; --no-crop_to_shortest pads "
-        "to the longest instead (exact: padding is never read nor regressed) "
-        f"(default: {recipe_default(SPEC, 'crop_to_shortest')})",
+    crop_to_shortest: bool | None = field(
+        default=None,
+        metadata={
+            "help": "crop every clip of a batch to its shortest one, as fairseq does; --no-crop_to_shortest pads "
+            "to the longest instead (exact: padding is never read nor regressed)"
+        },
     )
-    group.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="zero mean, unit variance per clip",
-    )
+    normalize: bool = field(default=True, metadata={"help": "zero mean, unit variance per clip"})
+
+
+add_arguments = AudioArguments  # the spec's hook: build_parser parses the dataclass's fields as flags
 
 
 LONG_FILE_WINDOW = 4  # longer files keep a window of this many crop lengths

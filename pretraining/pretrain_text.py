@@ -8,8 +8,8 @@ exported with the model), then packed into blocks of ``--max_seq_length`` tokens
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data2vec_hf import Data2VecTextForPreTraining
@@ -26,28 +26,35 @@ from data2vec_hf.pretraining.spec import ConfigError, ModalitySpec
 from data2vec_hf.pretraining.trainer import run
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--text_column", default=None, help="text column (default: text/sentence/content)")
-    group.add_argument(
-        "--tokenizer_name",
+@dataclass
+class TextArguments:
+    """The text script's flags."""
+
+    _argument_group_name = "text"
+
+    text_column: str | None = field(
+        default=None, metadata={"help": "text column (default: text/sentence/content)"}
+    )
+    tokenizer_name: str | None = field(
         default=None,
-        help="tokenizer name or path (default: train a BPE tokenizer on the corpus)",
+        metadata={"help": "tokenizer name or path (default: train a BPE tokenizer on the corpus)"},
     )
-    group.add_argument(
-        "--bpe_vocab_size", type=int, default=8192, help="vocabulary size of the trained BPE tokenizer"
+    bpe_vocab_size: int = field(
+        default=8192, metadata={"help": "vocabulary size of the trained BPE tokenizer"}
     )
-    group.add_argument(
-        "--skip_undecodable_lines",
-        action="store_true",
-        help="drop (and count) the lines of --train_file/--train_dir text files that are not valid UTF-8, "
-        "instead of stopping with an error that names the file",
+    skip_undecodable_lines: bool = field(
+        default=False,
+        metadata={
+            "help": "drop (and count) the lines of --train_file/--train_dir text files that are not valid UTF-8, "
+            "instead of stopping with an error that names the file"
+        },
     )
-    group.add_argument(
-        "--max_seq_length",
-        type=int,
-        default=512,
-        help="tokens per training block (at most max_position_embeddings - 2)",
+    max_seq_length: int = field(
+        default=512, metadata={"help": "tokens per training block (at most max_position_embeddings - 2)"}
     )
+
+
+add_arguments = TextArguments  # the spec's hook: build_parser parses the dataclass's fields as flags
 
 
 def prepare_config(args, config):

@@ -8,13 +8,12 @@ version 1, colour jitter 0.4. See ``--help`` for every flag.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
 from data2vec_hf import Data2VecVisionForPreTraining
 from data2vec_hf.data2vec2_vision import Data2Vec2VisionForPreTraining, sample_vision_masks_v2
 from data2vec_hf.data2vec_vision import sample_vision_masks
-from data2vec_hf.pretraining.arguments import recipe_default
 from data2vec_hf.pretraining.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,25 +28,25 @@ from data2vec_hf.pretraining.trainer import run
 from transformers import BeitImageProcessor
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--image_column", default=None, help="image column (default: image/img/file_name/path)"
+@dataclass
+class VisionArguments:
+    """The vision script's flags; those left None are filled from the recipe of ``--version``."""
+
+    _argument_group_name = "vision"
+
+    image_column: str | None = field(
+        default=None, metadata={"help": "image column (default: image/img/file_name/path)"}
     )
-    group.add_argument(
-        "--crop_min_scale",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="smallest area fraction of the random resized crop "
-        f"(default: {recipe_default(SPEC, 'crop_min_scale')})",
+    crop_min_scale: float | None = field(
+        default=None, metadata={"help": "smallest area fraction of the random resized crop"}
     )
-    group.add_argument(
-        "--color_jitter",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="brightness/contrast/saturation jitter strength, 0 = none "
-        f"(default: {recipe_default(SPEC, 'color_jitter')})",
+    color_jitter: float | None = field(
+        default=None, metadata={"help": "brightness/contrast/saturation jitter strength, 0 = none"}
     )
-    group.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    hflip: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
+
+
+add_arguments = VisionArguments  # the spec's hook: build_parser parses the dataclass's fields as flags
 
 
 def build_data(args, config, accelerator):
