@@ -17,17 +17,9 @@ from transformers.models.data2vec.modeling_data2vec_audio import (
 )
 from transformers.utils import logging
 
-from .data2vec2 import (
-    DATA2VEC2_DOC,
-    Data2Vec2Backbone,
-    Data2Vec2ConfigMixin,
-    Data2Vec2PreTrainedModel,
-    Data2Vec2PreTrainingMixin,
-    Decoder,
-    classification_loss,
-    mark_init,
-    sample_clone_masks,
-)
+from .data2vec2_config import DATA2VEC2_DOC, Data2Vec2ConfigMixin
+from .data2vec2_encoder import Data2Vec2Backbone, Data2Vec2PreTrainedModel, classification_loss, mark_init
+from .data2vec2_pretraining import Data2Vec2PreTrainingMixin, Decoder, sample_clone_masks
 from .data2vec_audio import num_frames
 from .layout import use_contiguous_conv_layers
 from .objective import OBJECTIVE_DOC

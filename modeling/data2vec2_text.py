@@ -8,17 +8,9 @@ from torch import nn
 from transformers import PreTrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .data2vec2 import (
-    DATA2VEC2_DOC,
-    Data2Vec2Backbone,
-    Data2Vec2ConfigMixin,
-    Data2Vec2PreTrainedModel,
-    Data2Vec2PreTrainingMixin,
-    Decoder,
-    classification_loss,
-    dropout,
-    sample_clone_masks,
-)
+from .data2vec2_config import DATA2VEC2_DOC, Data2Vec2ConfigMixin
+from .data2vec2_encoder import Data2Vec2Backbone, Data2Vec2PreTrainedModel, classification_loss, dropout
+from .data2vec2_pretraining import Data2Vec2PreTrainingMixin, Decoder, sample_clone_masks
 from .objective import OBJECTIVE_DOC
 
 

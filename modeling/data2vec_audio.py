@@ -103,7 +103,7 @@ def encode_without_padding_leaks(
         return out.hidden_states if output_hidden_states else out.last_hidden_state
     from transformers.masking_utils import create_bidirectional_mask
 
-    from .data2vec2 import conv_positions
+    from .data2vec2_encoder import conv_positions
 
     frame_mask = frame_mask.bool()
     hidden = hidden * frame_mask.unsqueeze(-1).to(hidden.dtype)
