@@ -162,7 +162,7 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
 
 def load_config(model_args: ModelArguments, **kwargs: Any):
     """``AutoConfig`` of the checkpoint with task fields (``kwargs``) and ``--config_overrides`` applied."""
-    from data2vec_hf.pretraining.trainer import parse_config_overrides
+    from data2vec_hf.pretraining.arguments import parse_config_overrides
 
     overrides = parse_config_overrides(model_args.config_overrides)
     source = model_args.config_name or model_args.model_name_or_path

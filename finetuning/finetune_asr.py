@@ -297,18 +297,10 @@ def decode_references(tokenizer, label_ids: np.ndarray) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-@common.reports_bad_input
-def main(argv=None) -> int:
-    model_args, data_args, training_args = common.parse_arguments(
-        (ModelArguments, DataTrainingArguments, TrainingArguments), argv
-    )
-    hub = card_and_push.take_hub_settings(training_args)
-    training_args.remove_unused_columns = False  # the collator reads input_values/labels itself
-    common.setup_logging(training_args)
-    checkpoint = common.resolve_checkpoint(training_args)
-    set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-
+def _raw_splits(model_args, data_args, training_args) -> tuple:
+    """``(train, validation, test, tokenizer source)``: the raw splits (validation held out of the
+    training data when none is given) and where the CTC vocabulary comes from (None: built from the
+    training transcripts)."""
     raw_train = common.load_split(data_args, "train", "audio", model_args.cache_dir)
     raw_eval = (
         common.load_split(data_args, "validation", "audio", model_args.cache_dir)
@@ -338,7 +330,12 @@ def main(argv=None) -> int:
             test_size=data_args.validation_split_percentage / 100, seed=training_args.seed
         )
         raw_train, raw_eval = held_out["train"], held_out["test"]
+    return raw_train, raw_eval, raw_test, source
 
+
+def _processor(source: str | None, raw_train, model_args, data_args, training_args) -> Wav2Vec2Processor:
+    """The CTC tokenizer (from ``source``, or built from ``raw_train``'s transcripts) and the checkpoint's
+    feature extractor (a default 16 kHz one where it has none)."""
     with training_args.main_process_first(desc="vocabulary"):
         if source is not None:
             tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(source, cache_dir=model_args.cache_dir)
@@ -350,7 +347,7 @@ def main(argv=None) -> int:
             vocabulary = build_vocabulary(
                 transcripts, data_args.word_delimiter_token, data_args.unk_token, data_args.pad_token
             )
-            with tempfile.TemporaryDirectory() as folder:  # saved with the processor below
+            with tempfile.TemporaryDirectory() as folder:  # saved with the processor by main
                 tokenizer = make_tokenizer(vocabulary, Path(folder), data_args)
     try:
         feature_extractor = AutoFeatureExtractor.from_pretrained(
@@ -364,19 +361,14 @@ def main(argv=None) -> int:
             do_normalize=True,
             return_attention_mask=True,
         )
-    processor = Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
-    config = common.load_config(
-        model_args,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        **model_args.config_fields(),
-    )
-    model = common.load_model(AutoModelForCTC, model_args, config)
-    if model_args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
-        model.freeze_feature_encoder()
 
-    rate = feature_extractor.sampling_rate
+def _prepared_splits(raw_splits, processor: Wav2Vec2Processor, config, data_args, training_args) -> tuple:
+    """``(train, validation, test)`` decoded, tokenized and filtered by duration (at least the feature
+    encoder's receptive field); None for a split not given or not needed."""
+    raw_train, raw_eval, raw_test = raw_splits
+    rate = processor.feature_extractor.sampling_rate
     min_samples = int(data_args.min_duration_in_seconds * rate)
     if hasattr(config, "conv_kernel") and hasattr(config, "conv_stride"):
         min_samples = max(
@@ -390,8 +382,8 @@ def main(argv=None) -> int:
         raw = raw.select(range(min(limit, len(raw)))) if limit else raw
         return prepare_dataset(
             raw,
-            feature_extractor=feature_extractor,
-            tokenizer=tokenizer,
+            feature_extractor=processor.feature_extractor,
+            tokenizer=processor.tokenizer,
             data_args=data_args,
             min_samples=min_samples,
             max_samples=max_samples,
@@ -404,32 +396,11 @@ def main(argv=None) -> int:
         )
         eval_dataset = prepared(raw_eval, data_args.max_eval_samples, "validation")
         test_dataset = prepared(raw_test, data_args.max_predict_samples, "test")
+    return train_dataset, eval_dataset, test_dataset
 
-    def compute_metrics(p: EvalPrediction) -> dict:
-        predictions = decode_predictions(tokenizer, np.asarray(p.predictions))
-        references = decode_references(tokenizer, np.asarray(p.label_ids))
-        return {
-            "wer": word_error_rate(references, predictions),
-            "cer": character_error_rate(references, predictions),
-        }
 
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=processor,
-        data_collator=DataCollatorCTCWithPadding(
-            return_attention_mask=feature_extractor.return_attention_mask
-        ),
-        compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=argmax_logits,
-    )
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(output_dir)  # usable (and reloadable) even before training ends
-
-    if training_args.do_train:
-        common.train(trainer, checkpoint, len(train_dataset))
+def _evaluate_and_predict(trainer: Trainer, eval_dataset, test_dataset, tokenizer, data_args) -> list:
+    """Evaluate (WER/CER) and transcribe the test split into ``predict_results.txt``; the card's results."""
     results = []
     if eval_dataset is not None:
         metrics = common.evaluate(trainer, eval_dataset)
@@ -444,11 +415,14 @@ def main(argv=None) -> int:
         trainer.log_metrics("predict", output.metrics)
         trainer.save_metrics("predict", output.metrics)
         if trainer.is_world_process_zero():
-            with open(output_dir / "predict_results.txt", "w") as writer:
+            with open(Path(trainer.args.output_dir) / "predict_results.txt", "w") as writer:
                 writer.write("index\ttranscription\n")
                 for index, text in enumerate(decode_predictions(tokenizer, np.asarray(output.predictions))):
                     writer.write(f"{index}\t{text}\n")
+    return results
 
+
+def _write_card(trainer: Trainer, hub, model_args, data_args, tokenizer, rate: int, results: list) -> None:
     vocabulary = "".join(
         t for t in tokenizer.get_vocab() if len(t) == 1 and t != data_args.word_delimiter_token
     )
@@ -476,6 +450,62 @@ def main(argv=None) -> int:
         vocabulary=" ".join(sorted(vocabulary)),
         sampling_rate=rate,
     )
+
+
+@common.reports_bad_input
+def main(argv=None) -> int:
+    model_args, data_args, training_args = common.parse_arguments(
+        (ModelArguments, DataTrainingArguments, TrainingArguments), argv
+    )
+    hub = card_and_push.take_hub_settings(training_args)
+    training_args.remove_unused_columns = False  # the collator reads input_values/labels itself
+    common.setup_logging(training_args)
+    checkpoint = common.resolve_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    raw_train, raw_eval, raw_test, source = _raw_splits(model_args, data_args, training_args)
+    processor = _processor(source, raw_train, model_args, data_args, training_args)
+    tokenizer, feature_extractor = processor.tokenizer, processor.feature_extractor
+    config = common.load_config(
+        model_args,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        **model_args.config_fields(),
+    )
+    model = common.load_model(AutoModelForCTC, model_args, config)
+    if model_args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
+        model.freeze_feature_encoder()
+    train_dataset, eval_dataset, test_dataset = _prepared_splits(
+        (raw_train, raw_eval, raw_test), processor, config, data_args, training_args
+    )
+
+    def compute_metrics(p: EvalPrediction) -> dict:
+        predictions = decode_predictions(tokenizer, np.asarray(p.predictions))
+        references = decode_references(tokenizer, np.asarray(p.label_ids))
+        return {
+            "wer": word_error_rate(references, predictions),
+            "cer": character_error_rate(references, predictions),
+        }
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        data_collator=DataCollatorCTCWithPadding(
+            return_attention_mask=feature_extractor.return_attention_mask
+        ),
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=argmax_logits,
+    )
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)  # usable (and reloadable) before training ends
+
+    if training_args.do_train:
+        common.train(trainer, checkpoint, len(train_dataset))
+    results = _evaluate_and_predict(trainer, eval_dataset, test_dataset, tokenizer, data_args)
+    _write_card(trainer, hub, model_args, data_args, tokenizer, feature_extractor.sampling_rate, results)
     return 0
 
 

@@ -172,40 +172,22 @@ def label_setup(raw: DatasetDict, data_args: DataTrainingArguments):
     return False, [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
 
-@common.reports_bad_input
-def main(argv=None) -> int:
-    model_args, data_args, training_args = common.parse_arguments(
-        (ModelArguments, DataTrainingArguments, TrainingArguments), argv
-    )
-    hub = card_and_push.take_hub_settings(training_args)
-    common.setup_logging(training_args)
-    checkpoint = common.resolve_checkpoint(training_args)
-    set_seed(training_args.seed)
-
-    raw = load_raw_datasets(data_args, model_args.cache_dir)
-    task = GLUE_TASKS.get(data_args.task_name)
-    is_regression, label_list, label_to_id = label_setup(raw, data_args)
-    num_labels = 1 if is_regression else len(label_list)
-    if task is not None and not is_regression and num_labels != task.num_labels:
-        logger.warning(f"{data_args.task_name} has {task.num_labels} labels, the data has {num_labels}")
-
+def _label_config(is_regression: bool, label_list: list | None) -> dict:
+    """The config's problem type and label names."""
     # (no finetuning_task: transformers 5 configs dropped that field; the task is in the model card)
-    config_kwargs = dict(num_labels=num_labels)
     if is_regression:
-        config_kwargs["problem_type"] = "regression"
-    else:
-        config_kwargs["problem_type"] = "single_label_classification"
-        config_kwargs["id2label"] = dict(enumerate(label_list))
-        config_kwargs["label2id"] = {name: i for i, name in enumerate(label_list)}
-    config = common.load_config(model_args, **config_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
+        return dict(num_labels=1, problem_type="regression")
+    return dict(
+        num_labels=len(label_list),
+        problem_type="single_label_classification",
+        id2label=dict(enumerate(label_list)),
+        label2id={name: i for i, name in enumerate(label_list)},
     )
-    model = common.load_model(AutoModelForSequenceClassification, model_args, config)
 
-    # Positions: RoBERTa-style models (data2vec text) offset them by padding_idx + 1.
+
+def _max_seq_length(data_args: DataTrainingArguments, tokenizer, config) -> int:
+    """``--max_seq_length`` capped by the tokenizer and by the model's positions (RoBERTa-style models,
+    data2vec text among them, offset them by ``padding_idx + 1``)."""
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and config.pad_token_id is not None:
@@ -215,9 +197,15 @@ def main(argv=None) -> int:
             f"max_seq_length {max_seq_length} exceeds the model's {positions} positions; using that"
         )
         max_seq_length = positions
+    return max_seq_length
 
-    first_split = next(iter(raw.values()))
-    key1, key2 = sentence_keys(data_args, first_split.column_names)
+
+def _tokenized(
+    raw: DatasetDict, tokenizer, keys, labels, max_seq_length: int, data_args, training_args
+) -> DatasetDict:
+    """Every split tokenized (``keys``: the text column(s)), its labels as ids (-1: none)."""
+    key1, key2 = keys
+    is_regression, _, label_to_id = labels
     label_column = data_args.label_column_name
     padding = "max_length" if data_args.pad_to_max_length else False
 
@@ -225,17 +213,17 @@ def main(argv=None) -> int:
         texts = (examples[key1],) if key2 is None else (examples[key1], examples[key2])
         result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
         if label_column in examples:
-            labels = examples[label_column]
+            values = examples[label_column]
             if is_regression:
-                result["label"] = [float(v) if v is not None else -1.0 for v in labels]
+                result["label"] = [float(v) if v is not None else -1.0 for v in values]
             elif label_to_id is not None:
-                result["label"] = [label_to_id.get(v, -1) for v in labels]
+                result["label"] = [label_to_id.get(v, -1) for v in values]
             else:
-                result["label"] = [-1 if v is None else v for v in labels]
+                result["label"] = [-1 if v is None else v for v in values]
         return result
 
     with training_args.main_process_first(desc="tokenizing"):
-        tokenized = DatasetDict(
+        return DatasetDict(
             {
                 name: split.map(
                     preprocess,
@@ -247,6 +235,11 @@ def main(argv=None) -> int:
                 for name, split in raw.items()
             }
         )
+
+
+def _chosen_splits(tokenized: DatasetDict, task: GlueTask | None, data_args, training_args) -> tuple:
+    """``(train, [(name, validation split)], [(name, test split)])`` for the requested stages, each cut to
+    its ``--max_*_samples``."""
 
     def pick(names: tuple[str, ...], limit: int | None, what: str) -> list[tuple[str, object]]:
         found = [(name, tokenized[name]) for name in names if name in tokenized]
@@ -265,6 +258,109 @@ def main(argv=None) -> int:
     test_splits = (
         pick(test_names, data_args.max_predict_samples, "--do_predict") if training_args.do_predict else []
     )
+    return train_dataset, eval_splits, test_splits
+
+
+def _evaluate_splits(trainer: Trainer, eval_splits: list) -> list:
+    """Evaluate every validation split (MNLI mismatched: keys suffixed ``_mm``) into one
+    ``eval_results.json``; the card's results."""
+    results = []
+    combined = {}
+    for name, dataset in eval_splits:
+        suffix = "_mm" if name.endswith("mismatched") else ""
+        metrics = common.evaluate(trainer, dataset, suffix=suffix, save=False)
+        combined.update(metrics)
+        results.append((name, common.split_metrics(metrics, suffix=suffix)))
+    if eval_splits:
+        trainer.save_metrics("eval", combined)
+    return results
+
+
+def _predict_splits(trainer: Trainer, test_splits: list, labels, data_args) -> None:
+    """``predict_results_<task>[_<split>].txt`` per test split, plus metrics where the split has labels."""
+    is_regression, label_list, _ = labels
+    for name, dataset in test_splits:
+        values = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
+        # GLUE's test splits carry label -1 (STS-B: -1.0): predictions only, no metrics
+        has_labels = values is not None and ((values != -1).any() if is_regression else (values >= 0).all())
+        if not has_labels and "label" in dataset.column_names:
+            dataset = dataset.remove_columns("label")  # GLUE test splits: label -1
+        output = trainer.predict(dataset, metric_key_prefix="predict")
+        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        predictions = predictions.reshape(-1) if is_regression else np.argmax(predictions, axis=1)
+        if has_labels:
+            trainer.log_metrics("predict", output.metrics)
+            trainer.save_metrics("predict", output.metrics)
+        if trainer.is_world_process_zero():
+            suffix = name.removeprefix("test").lstrip("_")
+            stem = data_args.task_name or "text"
+            path = (
+                Path(trainer.args.output_dir) / f"predict_results_{stem}{'_' + suffix if suffix else ''}.txt"
+            )
+            with open(path, "w") as writer:
+                writer.write("index\tprediction\n")
+                for index, value in enumerate(predictions):
+                    text = repr(float(value)) if is_regression else label_list[int(value)]
+                    writer.write(f"{index}\t{text}\n")
+            logger.info(f"Predictions written to {path}")
+
+
+def _write_card(
+    trainer: Trainer, hub, model_args, data_args, pair: bool, max_seq_length: int, results
+) -> None:
+    usage = (
+        "from transformers import pipeline\n{import_data2vec_hf}"
+        'classifier = pipeline("text-classification", model="{model}")\n'
+        'classifier("A sentence to classify.")'
+    )
+    if pair:
+        usage += '  # or {{"text": "first sentence", "text_pair": "second sentence"}}'
+    card_and_push.write_card_and_push(
+        trainer,
+        hub,
+        template="finetuned_text_classification",
+        model_args=model_args,
+        dataset=dataset_description(data_args),
+        task_type="text-classification",
+        task_name=f"GLUE {data_args.task_name.upper()}" if data_args.task_name else "Text Classification",
+        modality="text",
+        results=results,
+        usage=usage,
+        extra_training=[("max sequence length", max_seq_length)],
+        tags=["glue"] if data_args.task_name else [],
+        task=data_args.task_name.upper() if data_args.task_name else None,
+    )
+
+
+@common.reports_bad_input
+def main(argv=None) -> int:
+    model_args, data_args, training_args = common.parse_arguments(
+        (ModelArguments, DataTrainingArguments, TrainingArguments), argv
+    )
+    hub = card_and_push.take_hub_settings(training_args)
+    common.setup_logging(training_args)
+    checkpoint = common.resolve_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    raw = load_raw_datasets(data_args, model_args.cache_dir)
+    task = GLUE_TASKS.get(data_args.task_name)
+    labels = label_setup(raw, data_args)
+    is_regression, label_list, _ = labels
+    num_labels = 1 if is_regression else len(label_list)
+    if task is not None and not is_regression and num_labels != task.num_labels:
+        logger.warning(f"{data_args.task_name} has {task.num_labels} labels, the data has {num_labels}")
+    config = common.load_config(model_args, **_label_config(is_regression, label_list))
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+    )
+    model = common.load_model(AutoModelForSequenceClassification, model_args, config)
+
+    max_seq_length = _max_seq_length(data_args, tokenizer, config)
+    keys = sentence_keys(data_args, next(iter(raw.values())).column_names)
+    tokenized = _tokenized(raw, tokenizer, keys, labels, max_seq_length, data_args, training_args)
+    train_dataset, eval_splits, test_splits = _chosen_splits(tokenized, task, data_args, training_args)
 
     def compute_metrics(p: EvalPrediction) -> dict:
         predictions = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
@@ -282,67 +378,11 @@ def main(argv=None) -> int:
         else DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
     )
-
     if training_args.do_train:
         common.train(trainer, checkpoint, len(train_dataset))
-
-    results = []
-    combined = {}
-    for name, dataset in eval_splits:
-        suffix = "_mm" if name.endswith("mismatched") else ""
-        metrics = common.evaluate(trainer, dataset, suffix=suffix, save=False)
-        combined.update(metrics)
-        results.append((name, common.split_metrics(metrics, suffix=suffix)))
-    if eval_splits:
-        trainer.save_metrics("eval", combined)
-
-    for name, dataset in test_splits:
-        labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
-        # GLUE's test splits carry label -1 (STS-B: -1.0): predictions only, no metrics
-        has_labels = labels is not None and ((labels != -1).any() if is_regression else (labels >= 0).all())
-        if not has_labels and "label" in dataset.column_names:
-            dataset = dataset.remove_columns("label")  # GLUE test splits: label -1
-        output = trainer.predict(dataset, metric_key_prefix="predict")
-        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        predictions = predictions.reshape(-1) if is_regression else np.argmax(predictions, axis=1)
-        if has_labels:
-            trainer.log_metrics("predict", output.metrics)
-            trainer.save_metrics("predict", output.metrics)
-        if trainer.is_world_process_zero():
-            suffix = name.removeprefix("test").lstrip("_")
-            stem = data_args.task_name or "text"
-            path = (
-                Path(training_args.output_dir) / f"predict_results_{stem}{'_' + suffix if suffix else ''}.txt"
-            )
-            with open(path, "w") as writer:
-                writer.write("index\tprediction\n")
-                for index, value in enumerate(predictions):
-                    text = repr(float(value)) if is_regression else label_list[int(value)]
-                    writer.write(f"{index}\t{text}\n")
-            logger.info(f"Predictions written to {path}")
-
-    usage = (
-        "from transformers import pipeline\n{import_data2vec_hf}"
-        'classifier = pipeline("text-classification", model="{model}")\n'
-        'classifier("A sentence to classify.")'
-    )
-    if key2 is not None:
-        usage += '  # or {{"text": "first sentence", "text_pair": "second sentence"}}'
-    card_and_push.write_card_and_push(
-        trainer,
-        hub,
-        template="finetuned_text_classification",
-        model_args=model_args,
-        dataset=dataset_description(data_args),
-        task_type="text-classification",
-        task_name=f"GLUE {data_args.task_name.upper()}" if data_args.task_name else "Text Classification",
-        modality="text",
-        results=results,
-        usage=usage,
-        extra_training=[("max sequence length", max_seq_length)],
-        tags=["glue"] if data_args.task_name else [],
-        task=data_args.task_name.upper() if data_args.task_name else None,
-    )
+    results = _evaluate_splits(trainer, eval_splits)
+    _predict_splits(trainer, test_splits, labels, data_args)
+    _write_card(trainer, hub, model_args, data_args, keys[1] is not None, max_seq_length, results)
     return 0
 
 

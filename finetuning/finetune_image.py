@@ -246,17 +246,9 @@ class ImageClassificationTrainer(layer_decay.LayerDecayTrainer):
 # --------------------------------------------------------------------------------------------------
 
 
-@common.reports_bad_input
-def main(argv=None) -> int:
-    model_args, data_args, aug_args, training_args = common.parse_arguments(
-        (ModelArguments, DataTrainingArguments, AugmentationArguments, TrainingArguments), argv
-    )
-    hub = card_and_push.take_hub_settings(training_args)
-    training_args.remove_unused_columns = False  # images are transformed on the fly from their column
-    common.setup_logging(training_args)
-    checkpoint = common.resolve_checkpoint(training_args)
-    set_seed(training_args.seed)
-
+def _raw_splits(model_args, data_args, training_args) -> tuple:
+    """``(train, validation, test)`` raw splits; validation held out of the training data when none is
+    given (the training data is required: it defines the classes)."""
     raw_train = common.load_split(data_args, "train", "vision", model_args.cache_dir)
     raw_eval = (
         common.load_split(data_args, "validation", "vision", model_args.cache_dir)
@@ -277,87 +269,56 @@ def main(argv=None) -> int:
             raise common.BadInput(f"the dataset has no split {data_args.eval_split_name!r}")
         held_out = raw_train.train_test_split(test_size=data_args.train_val_split, seed=training_args.seed)
         raw_train, raw_eval = held_out["train"], held_out["test"]
+    return raw_train, raw_eval, raw_test
 
-    label_column = data_args.label_column_name
-    labels, value_to_id = label_names(raw_train, label_column)
-    to_id = (lambda v: int(v)) if value_to_id is None else value_to_id.__getitem__
-    image_column = resolve_column(raw_train, data_args.image_column_name, "vision")
 
-    config_kwargs = dict(
+def _pretrained_normalisation(model_args) -> tuple:
+    """The mean/std the encoder was pretrained with (ImageNet's when the checkpoint has no processor)."""
+    try:
+        pretrained_processor = AutoImageProcessor.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir
+        )
+        return pretrained_processor.image_mean, pretrained_processor.image_std
+    except (OSError, ValueError, AttributeError):
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _config_fields(labels: list[str], model_args) -> dict:
+    """The config's labels (and ``--drop_path_rate`` when given)."""
+    fields = dict(
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
         problem_type="single_label_classification",
     )
     if model_args.drop_path_rate is not None:
-        config_kwargs["drop_path_rate"] = model_args.drop_path_rate
-    config = common.load_config(model_args, **config_kwargs)
-    model = common.load_model(AutoModelForImageClassification, model_args, config)
+        fields["drop_path_rate"] = model_args.drop_path_rate
+    return fields
 
-    try:  # mean/std the encoder was pretrained with
-        pretrained_processor = AutoImageProcessor.from_pretrained(
-            model_args.model_name_or_path, cache_dir=model_args.cache_dir
-        )
-        mean, std = pretrained_processor.image_mean, pretrained_processor.image_std
-    except (OSError, ValueError, AttributeError):
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-    size = aug_args.input_size or image_size
-    train_transform, eval_transform = build_transforms(aug_args, size, mean, std)
-    image_processor = build_image_processor(aug_args, size, mean, std)
 
-    common_kwargs = dict(
-        image_column=image_column,
-        label_column=label_column,
-        to_id=to_id,
-        cache_dir=model_args.cache_dir,
-        num_proc=data_args.preprocessing_num_workers,
-    )
-    with training_args.main_process_first(desc="checking images"):
-        train_dataset = (
-            prepare(raw_train, train_transform, limit=data_args.max_train_samples, **common_kwargs)
-            if training_args.do_train
-            else None
-        )
-        eval_dataset = prepare(raw_eval, eval_transform, limit=data_args.max_eval_samples, **common_kwargs)
-        test_dataset = prepare(raw_test, eval_transform, limit=data_args.max_predict_samples, **common_kwargs)
+def _mixup(aug_args, training_args, num_classes: int):
+    """timm's ``Mixup`` for ``--mixup``/``--cutmix`` (label smoothing folded into its targets), or None."""
+    if not aug_args.mixing:
+        return None
+    from timm.data import Mixup
 
-    mixup = None
-    if aug_args.mixing:
-        from timm.data import Mixup
-
-        mixup = Mixup(
-            mixup_alpha=aug_args.mixup,
-            cutmix_alpha=aug_args.cutmix,
-            cutmix_minmax=aug_args.cutmix_minmax,
-            prob=aug_args.mixup_prob,
-            switch_prob=aug_args.mixup_switch_prob,
-            mode=aug_args.mixup_mode,
-            label_smoothing=training_args.label_smoothing_factor,
-            num_classes=len(labels),
-        )
-
-    def compute_metrics(p: EvalPrediction) -> dict:
-        logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
-        metrics = {"accuracy": top_k_accuracy(logits, p.label_ids, k=1)}
-        if len(labels) > 5:
-            metrics["top5_accuracy"] = top_k_accuracy(logits, p.label_ids, k=5)
-        return metrics
-
-    trainer = ImageClassificationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=image_processor,
-        data_collator=collate,
-        compute_metrics=compute_metrics,
-        layer_decay=model_args.layer_decay,
-        mixup=mixup,
+    return Mixup(
+        mixup_alpha=aug_args.mixup,
+        cutmix_alpha=aug_args.cutmix,
+        cutmix_minmax=aug_args.cutmix_minmax,
+        prob=aug_args.mixup_prob,
+        switch_prob=aug_args.mixup_switch_prob,
+        mode=aug_args.mixup_mode,
+        label_smoothing=training_args.label_smoothing_factor,
+        num_classes=num_classes,
     )
 
-    if training_args.do_train:
-        common.train(trainer, checkpoint, len(train_dataset))
+
+def _evaluate_and_predict(
+    trainer: ImageClassificationTrainer, eval_dataset, test_dataset, labels: list, data_args
+) -> list:
+    """Evaluate, and write the test split's predicted classes to ``predict_results.txt``; the card's
+    results."""
     results = []
     if eval_dataset is not None:
         metrics = common.evaluate(trainer, eval_dataset)
@@ -370,11 +331,19 @@ def main(argv=None) -> int:
             trainer.save_metrics("predict", output.metrics)
         if trainer.is_world_process_zero():
             logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-            with open(Path(training_args.output_dir) / "predict_results.txt", "w") as writer:
+            with open(Path(trainer.args.output_dir) / "predict_results.txt", "w") as writer:
                 writer.write("index\tprediction\n")
                 for index, value in enumerate(np.argmax(logits, axis=-1)):
                     writer.write(f"{index}\t{labels[int(value)]}\n")
+    return results
 
+
+def _write_card(
+    trainer: ImageClassificationTrainer, hub, args: tuple, size: int, num_labels: int, results: list
+) -> None:
+    """``args``: the script's (model, data, augmentation, training) arguments."""
+    model_args, data_args, aug_args, training_args = args
+    config = trainer.model.config
     recipe = [
         ("layer-wise lr decay", model_args.layer_decay),
         ("drop path", config.drop_path_rate if hasattr(config, "drop_path_rate") else None),
@@ -401,8 +370,70 @@ def main(argv=None) -> int:
         ),
         extra_training=recipe,
         tags=["timm-augmentation"],
-        num_labels=len(labels),
+        num_labels=num_labels,
     )
+
+
+@common.reports_bad_input
+def main(argv=None) -> int:
+    args = common.parse_arguments(
+        (ModelArguments, DataTrainingArguments, AugmentationArguments, TrainingArguments), argv
+    )
+    model_args, data_args, aug_args, training_args = args
+    hub = card_and_push.take_hub_settings(training_args)
+    training_args.remove_unused_columns = False  # images are transformed on the fly from their column
+    common.setup_logging(training_args)
+    checkpoint = common.resolve_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    raw_train, raw_eval, raw_test = _raw_splits(model_args, data_args, training_args)
+    label_column = data_args.label_column_name
+    labels, value_to_id = label_names(raw_train, label_column)
+    config = common.load_config(model_args, **_config_fields(labels, model_args))
+    model = common.load_model(AutoModelForImageClassification, model_args, config)
+
+    mean, std = _pretrained_normalisation(model_args)
+    image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    size = aug_args.input_size or image_size
+    train_transform, eval_transform = build_transforms(aug_args, size, mean, std)
+    common_kwargs = dict(
+        image_column=resolve_column(raw_train, data_args.image_column_name, "vision"),
+        label_column=label_column,
+        to_id=(lambda v: int(v)) if value_to_id is None else value_to_id.__getitem__,
+        cache_dir=model_args.cache_dir,
+        num_proc=data_args.preprocessing_num_workers,
+    )
+    with training_args.main_process_first(desc="checking images"):
+        train_dataset = (
+            prepare(raw_train, train_transform, limit=data_args.max_train_samples, **common_kwargs)
+            if training_args.do_train
+            else None
+        )
+        eval_dataset = prepare(raw_eval, eval_transform, limit=data_args.max_eval_samples, **common_kwargs)
+        test_dataset = prepare(raw_test, eval_transform, limit=data_args.max_predict_samples, **common_kwargs)
+
+    def compute_metrics(p: EvalPrediction) -> dict:
+        logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        metrics = {"accuracy": top_k_accuracy(logits, p.label_ids, k=1)}
+        if len(labels) > 5:
+            metrics["top5_accuracy"] = top_k_accuracy(logits, p.label_ids, k=5)
+        return metrics
+
+    trainer = ImageClassificationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=build_image_processor(aug_args, size, mean, std),
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+        layer_decay=model_args.layer_decay,
+        mixup=_mixup(aug_args, training_args, len(labels)),
+    )
+    if training_args.do_train:
+        common.train(trainer, checkpoint, len(train_dataset))
+    results = _evaluate_and_predict(trainer, eval_dataset, test_dataset, labels, data_args)
+    _write_card(trainer, hub, args, size, len(labels), results)
     return 0
 
 
