@@ -301,8 +301,6 @@ def window_breakdown(record: dict) -> dict:
 
 def pure_step(modality: str, folder: Path, args, device) -> dict:
     """The pure step of ``pretrain_throughput.py`` on the run's model config and timed batches."""
-    from data2vec_hf.pretraining.trainer import BATCH_INFO_KEYS
-
     module = importlib.import_module(f"data2vec_hf.pretraining.pretrain_{modality}")
     model_class = module.SPEC.model_classes[2]
     config = model_class.config_class.from_json_file(folder / "model_config.json")
@@ -311,11 +309,12 @@ def pure_step(modality: str, folder: Path, args, device) -> dict:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.compile:
-        from data2vec_hf.pretraining.trainer import compile_blocks
+        from data2vec_hf.pretraining.building import compile_blocks
 
         compile_blocks(model)
     batches = [
-        {k: v.to(device) for k, v in batch.items() if k not in BATCH_INFO_KEYS}
+        # the batch entries that describe the batch, not model inputs
+        {k: v.to(device) for k, v in batch.items() if k not in ("example_index", "audio_samples")}
         for batch in torch.load(folder / "window_batches.pt")
     ]
     step = training_step(model, args, device)

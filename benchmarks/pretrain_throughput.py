@@ -268,7 +268,7 @@ def prepare(name: str, args, device):
     batch.update(fixed_masks(model, batch))
     flops = count_flops(model, batch)
     if args.compile:
-        from data2vec_hf.pretraining.trainer import compile_blocks
+        from data2vec_hf.pretraining.building import compile_blocks
 
         compile_blocks(model)
     return model, batch, flops, training_step(model, args, device)

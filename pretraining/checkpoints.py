@@ -12,11 +12,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from data2vec_hf.atomic import replace_path
 
 from .collectives import on_every_process
 
@@ -127,9 +127,7 @@ def save_checkpoint(
             raise CheckpointError(f"writing checkpoint {final} failed on another process (see its message)")
         raise CheckpointError(_save_failure(error, final, checkpoint_dir)) from error
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
+        replace_path(temporary, final)
         ours = [folder for folder in list_checkpoints(checkpoint_dir) if same_run is None or same_run(folder)]
         for old in ours[: -max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)

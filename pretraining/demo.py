@@ -36,31 +36,41 @@ def main() -> int:
         "--max_train_steps", type=int, default=100, help="optimizer updates (about 2 s each on 2 cores)"
     )
     args = parser.parse_args()
-
     output_dir = Path(args.output_dir)
+    minutes = pretrain(output_dir, args.max_train_steps)
+    model, clip, seconds, hidden = load_as_a_user_would(output_dir)
+    probed = probe_features(output_dir)
+    if probed is None:
+        print("the probe failed (see above)", file=sys.stderr)
+        return 1
+    report(output_dir, minutes, model, clip, seconds, hidden, probed)
+    return 0
+
+
+def pretrain(output_dir: Path, steps: int) -> float:
+    """Pretrain the small audio model with ``accelerate launch``; returns the minutes it took."""
     shutil.rmtree(output_dir, ignore_errors=True)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         str(HERE / "pretrain_audio.py"),
         "--output_dir", str(output_dir),
-        "--config_overrides", SMALL_MODEL.format(steps=args.max_train_steps),
-        "--max_train_steps", str(args.max_train_steps),
+        "--config_overrides", SMALL_MODEL.format(steps=steps),
+        "--max_train_steps", str(steps),
         "--per_device_train_batch_size", "8",
         "--max_length_seconds", "4",
         "--logging_steps", "10",
         "--checkpointing_steps", "50",
     ]  # fmt: skip
-    print(
-        "$ accelerate launch pretraining/pretrain_audio.py "
-        + " ".join(command[command.index("--output_dir") :]),
-        flush=True,
-    )
+    shown = " ".join(command[command.index("--output_dir") :])
+    print(f"$ accelerate launch pretraining/pretrain_audio.py {shown}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    minutes = (time.perf_counter() - started) / 60
+    return (time.perf_counter() - started) / 60
 
-    # Load the result the way a user would: plain transformers, no data2vec_hf import needed for v1.
+
+def load_as_a_user_would(output_dir: Path):
+    """Plain transformers, no data2vec_hf import needed for 1.0: the model and one clip's features."""
     import soundfile
     import torch
     from data2vec_hf.pretraining.data.corpora import build_speech_corpus
@@ -72,18 +82,29 @@ def main() -> int:
     audio, rate = soundfile.read(clip, dtype="float32")
     with torch.no_grad():
         hidden = model(**extractor(audio, sampling_rate=rate, return_tensors="pt")).last_hidden_state
+    return model, clip, len(audio) / rate, hidden
 
-    # What did it learn? Probe the frozen features as `data2vec-probe MODEL --embedded` does.
+
+def probe_features(output_dir: Path) -> dict | None:
+    """What did it learn? Probe the frozen features as ``data2vec-probe MODEL --embedded`` does."""
     from data2vec_hf.evaluation.cli import main as probe
 
     probe_json = output_dir / "probe_results.json"
-    print(f"\n$ data2vec-probe {output_dir} --embedded --random_init --baseline --output_json {probe_json}")
-    if probe(
-        [str(output_dir), "--embedded", "--random_init", "--baseline", "--output_json", str(probe_json)]
-    ):
-        raise SystemExit("the probe failed (see above)")
-    probed = json.loads(probe_json.read_text())
+    arguments = [
+        str(output_dir),
+        "--embedded",
+        "--random_init",
+        "--baseline",
+        "--output_json",
+        str(probe_json),
+    ]
+    print(f"\n$ data2vec-probe {' '.join(arguments)}")
+    if probe(arguments):
+        return None
+    return json.loads(probe_json.read_text())
 
+
+def report(output_dir: Path, minutes: float, model, clip: Path, seconds: float, hidden, probed: dict) -> None:
     summary = json.loads((output_dir / "train_summary.json").read_text())
     history = summary["history"]
     head, tail = history[:3], history[-3:]
@@ -93,10 +114,9 @@ def main() -> int:
 
     print("\n=== data2vec audio demo ===")
     print(f"trained {summary['updates']} updates in {minutes:.1f} min; output: {output_dir}")
-    print(
-        f"AutoModel.from_pretrained -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)"
-    )
-    print(f"{clip.name}: {len(audio) / rate:.2f} s of speech -> hidden states {tuple(hidden.shape)}")
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"AutoModel.from_pretrained -> {type(model).__name__} ({parameters:.2f} M parameters)")
+    print(f"{clip.name}: {seconds:.2f} s of speech -> hidden states {tuple(hidden.shape)}")
     print(f"regression loss (mean of first 3 vs last 3 logged): {mean(head, 1):.3f} -> {mean(tail, 1):.3f}")
     print(f"target std over features (collapse monitor):         {mean(head, 2):.3f} -> {mean(tail, 2):.3f}")
     trained, random = probed["results"]["model"]["best"], probed["results"]["random init"]["best"]
@@ -106,7 +126,6 @@ def main() -> int:
         f"(layer {trained['layer']}); log-mel baseline {100 * probed['baseline']['linear']:.1f}%, "
         f"chance {100 * probed['data']['chance']:.1f}%"
     )
-    return 0
 
 
 if __name__ == "__main__":

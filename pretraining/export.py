@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from data2vec_hf.atomic import replace_path
+
 from .checkpoints import CheckpointError, is_disk_full
 
 EXPORT_TEMPORARY = ".export-incomplete"
@@ -29,11 +31,8 @@ def export(accelerator, unwrapped, processor, args, spec, progress, last_metrics
         write_export(
             temporary, unwrapped, processor, args, spec, progress, last_metrics, accelerator.num_processes
         )
-        for item in sorted(temporary.iterdir()):
-            target = output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
+        for item in sorted(temporary.iterdir()):  # into the output folder, beside the checkpoints
+            replace_path(item, output_dir / item.name)
         temporary.rmdir()
     except Exception as error:  # OSError, or a library's own error wrapping one (safetensors)
         shutil.rmtree(temporary, ignore_errors=True)
@@ -75,10 +74,6 @@ def write_export(
     folder: Path, unwrapped, processor, args, spec, progress, last_metrics: dict, num_processes: int
 ) -> None:
     """The student encoder, its processor, ``pretraining_model/`` and the model card, into ``folder``."""
-    from data2vec_hf.cards import render_model_card
-    from huggingface_hub import ModelCardData
-
-    output_dir = Path(args.output_dir)
     folder.mkdir(parents=True)
     backbone = getattr(unwrapped, unwrapped.base_model_prefix)
     remote = {"remote_code": True} if args.remote_code else {}  # 2.0 only (checked at start-up)
@@ -86,40 +81,40 @@ def write_export(
     if processor is not None:
         processor.save_pretrained(folder)
     unwrapped.save_pretrained(folder / "pretraining_model", **remote)
+    model_card(unwrapped.config, args, spec, progress, last_metrics, num_processes).save(folder / "README.md")
 
-    config = unwrapped.config
-    model_name = args.hub_model_id or output_dir.name
+
+def model_card(config, args, spec, progress, last_metrics: dict, num_processes: int):
+    """The exported model's card: how to load it, how it was trained, first and last metrics."""
+    from data2vec_hf.cards import render_model_card
+    from huggingface_hub import ModelCardData
+
+    model_name = args.hub_model_id or Path(args.output_dir).name
     first = progress.first_metrics or {}
     results = [
         (k, f"{first[k]:.4g}", f"{last_metrics[k]:.4g}")
         for k in ("loss", "target_var", "pred_var")
         if k in first and k in last_metrics
     ]
-    card = render_model_card(
+    hub_base = args.model_name_or_path and not os.path.isdir(args.model_name_or_path)
+    registers = (
+        "" if args.version == 1 or args.remote_code else "import data2vec_hf  # registers data2vec 2.0\n"
+    )
+    trust = ", trust_remote_code=True)" if args.remote_code else ")"
+    return render_model_card(
         "pretraining",
         ModelCardData(
             library_name="transformers",
             tags=["data2vec", f"data2vec-{args.version}", spec.name, "self-supervised", "data2vec-hf"],
             datasets=[args.dataset_name] if args.dataset_name else None,
-            base_model=args.model_name_or_path
-            if args.model_name_or_path and not os.path.isdir(args.model_name_or_path)
-            else None,
+            base_model=args.model_name_or_path if hub_base else None,
             pipeline_tag="feature-extraction",
         ),
         model_name=model_name,
         version="1.0" if args.version == 1 else "2.0",
         modality=spec.name,
         top_k=config.average_top_k_layers,
-        usage=(
-            "from transformers import AutoModel\n"
-            + (
-                ""
-                if args.version == 1 or args.remote_code
-                else "import data2vec_hf  # registers data2vec 2.0\n"
-            )
-            + f'model = AutoModel.from_pretrained("{model_name}"'
-            + (", trust_remote_code=True)" if args.remote_code else ")")
-        ),
+        usage=f'from transformers import AutoModel\n{registers}model = AutoModel.from_pretrained("{model_name}"{trust}',
         training_table=[
             ("updates", progress.num_updates),
             ("samples seen", progress.samples_seen),
@@ -138,4 +133,3 @@ def write_export(
         ],
         results_table=results,
     )
-    card.save(folder / "README.md")

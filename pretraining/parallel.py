@@ -13,6 +13,11 @@ teacher, the teacher as a whole, and the pretraining model (the root). Shared st
 teacher borrows live in the root unit, whose parameters are gathered while the model's forward runs —
 which is when the teacher borrows them. Checkpoints are written with ``torch.distributed.checkpoint``
 (one shard file per process); the exported encoder is gathered into an ordinary full checkpoint.
+
+Both **sum** gradients over processes (DDP through a communication hook, FSDP2 with a divide factor of
+1), and both reduce them only when the loop says the micro-batch ends an update: the loop owns the
+accumulation and divides once by the update's global masked count (see
+:mod:`~data2vec_hf.pretraining.trainer`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -98,6 +104,48 @@ def block_classes(model: nn.Module, requested: tuple[str, ...] = ()) -> tuple[st
     return names
 
 
+class ParallelStrategy(Protocol):
+    """What the loop asks of the way the model is spread over the processes."""
+
+    sharded: bool
+
+    def describe(self) -> str:
+        """One line for the log and ``train_summary.json``."""
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        """Spread the model before the optimizer is built (in place)."""
+
+    def prepare(self, model, optimizer, scheduler):
+        """``(model, optimizer, scheduler, unwrapped model)`` ready for training."""
+
+    def gradient_sync(self, model, sync: bool) -> contextlib.AbstractContextManager:
+        """A context for one micro-batch's forward and backward: gradients are summed over processes
+        only when ``sync`` (the update's last micro-batch), else they accumulate locally."""
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """The context of the forward (autocast where the prepared model does not apply it itself)."""
+
+    def clip(self, parameters, max_norm: float) -> float:
+        """Clip the gradients' global norm; returns the norm before clipping."""
+
+    def gathered(self, model) -> contextlib.AbstractContextManager:
+        """A context in which the model's submodules can be called directly (online evaluation)."""
+
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
+
+    def full_model(self, model):
+        """The model with full (unsharded) tensors, on the main process (collective when sharded)."""
+
+
+def sum_gradients(process_group, bucket):  # (DDP rejects a return annotation in string form)
+    """DDP communication hook: all-reduce a gradient bucket as a **sum** (DDP's own hook averages)."""
+    group = process_group if process_group is not None else torch.distributed.group.WORLD
+    work = torch.distributed.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
+
+
 class Replicated:
     """Every process holds the whole model (DDP through accelerate, or a single process)."""
 
@@ -116,12 +164,16 @@ class Replicated:
     def prepare(self, model, optimizer, scheduler):
         """``(model, optimizer, scheduler, unwrapped model)`` ready for training."""
         model, optimizer, scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model.register_comm_hook(state=None, hook=sum_gradients)
         if getattr(self.accelerator, "scaler", None) is not None:
             report_skipped_steps(optimizer, self.accelerator.scaler)
         return model, optimizer, scheduler, self.accelerator.unwrap_model(model)
 
     def gradient_sync(self, model, sync: bool):
-        return contextlib.nullcontext()  # accelerator.accumulate already skips DDP's all-reduce
+        if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()
 
     def forward_context(self):
         return contextlib.nullcontext()  # accelerate's prepared model runs under autocast itself
@@ -164,14 +216,13 @@ def report_skipped_steps(optimizer, scaler) -> None:
     optimizer.step = step_and_check
 
 
-class Sharded(Replicated):
+class Sharded:
     """FSDP2: parameters, gradients and optimizer state sharded over the processes (student and teacher)."""
 
     sharded = True
 
     def __init__(self, accelerator, request: FsdpRequest):
-        super().__init__(accelerator)
-        self.request = request
+        self.accelerator, self.request = accelerator, request
 
     def describe(self) -> str:
         return (
@@ -189,7 +240,7 @@ class Sharded(Replicated):
 
     def shard(self, model: nn.Module) -> nn.Module:
         """``fully_shard`` student and teacher blocks, the teacher, then the root, in place."""
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import FSDPModule, fully_shard
 
         self.classes = sorted(block_classes(model, self.request.layer_classes))
         if self.request.activation_checkpointing and not model.is_gradient_checkpointing:
@@ -201,6 +252,11 @@ class Sharded(Replicated):
                 fully_shard(module, **options)
         fully_shard(teacher, **options)
         fully_shard(model, **options)
+        for module in model.modules():  # reduce-scatter sums: the loop divides by the masked count
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(1.0)
+                # as a plain SUM (gloo has no pre-multiplied sum, which FSDP would otherwise use)
+                module.set_force_sum_reduction_for_comms(True)
         return model
 
     def gradient_sync(self, model, sync: bool):
@@ -266,7 +322,7 @@ class Sharded(Replicated):
         return plain
 
 
-def make_parallel(accelerator, request: FsdpRequest | None) -> Replicated:
+def make_parallel(accelerator, request: FsdpRequest | None) -> ParallelStrategy:
     """The strategy for this run: sharded when FSDP was requested (:meth:`FsdpRequest.from_environment`,
     read before the accelerator is built, so that a request we cannot honour fails first and clearly).
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from data2vec_hf import Data2VecAudioForPreTraining
 from data2vec_hf.data2vec2_audio import Data2Vec2AudioForPreTraining, sample_audio_masks_v2
 from data2vec_hf.data2vec_audio import sample_audio_masks
+from data2vec_hf.pretraining.audio_waste import AudioWaste
 from data2vec_hf.pretraining.data import (
     AudioCollator,
     data_source_kwargs,
@@ -163,6 +164,7 @@ SPEC = ModalitySpec(
     build_data=build_data,
     sample_masks={1: sample_audio_masks, 2: sample_audio_masks_v2},
     example_lengths=example_lengths,
+    accounting=AudioWaste,
 )
 
 

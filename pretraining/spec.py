@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,8 @@ class ModalitySpec:
             (e.g. to set the vocabulary size from the tokenizer).
         example_lengths: optional ``(args, dataset) -> lengths`` used to group examples of similar length
             into batches (audio); None batches examples in random order.
+        accounting: optional factory of a :class:`BatchAccounting`, for what the modality measures about
+            its batches beside the loss (audio: how much was cropped away or padded).
     """
 
     name: str
@@ -57,3 +61,30 @@ class ModalitySpec:
     sample_masks: dict[int, Callable]
     prepare_config: Callable | None = None
     example_lengths: Callable | None = None
+    accounting: Callable[[], BatchAccounting] | None = None
+
+
+class BatchAccounting(Protocol):
+    """What a modality counts about its batches, beside the loss, through the whole run.
+
+    The collator adds one entry, ``info_key``, to every batch; :meth:`measure` turns it into the
+    micro-batch's sums of ``names``, which are summed over the update and all processes with the loop's
+    statistics. Its running state is a plain dict that the loop checkpoints with its progress."""
+
+    info_key: str
+    names: tuple[str, ...]
+
+    def measure(self, info: torch.Tensor) -> torch.Tensor:
+        """One micro-batch's sums of ``names`` from its ``info_key`` entry."""
+
+    def add(self, state: dict, totals: dict) -> None:
+        """Count one update's reduced sums (``totals[name]`` for each of ``names``) into ``state``."""
+
+    def metrics(self, state: dict) -> dict[str, float]:
+        """Values to log with the update's metrics."""
+
+    def end_epoch(self, state: dict, epoch: int) -> str | None:
+        """Close an epoch in ``state``; a line for the log, or None."""
+
+    def summary(self, state: dict) -> dict[str, Any]:
+        """Entries for ``train_summary.json``."""

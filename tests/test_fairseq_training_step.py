@@ -2,7 +2,7 @@
 released recipe's optimizer decays (fixtures in ``tests/fixtures/fairseq-train``, see its README).
 
 The step is the one fairseq's trainer takes with one worker: the loss summed over masked positions,
-backward, gradients multiplied by 1 / sample_size (what our loop's ``normalise_gradients`` does), before
+backward, gradients multiplied by 1 / sample_size (what our loop's ``update`` does; test_loop_gradients runs the loop itself), before
 clipping. Dropout is off and the model in train mode, as in the fixtures.
 """
 

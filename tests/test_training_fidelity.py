@@ -26,9 +26,12 @@ from data2vec_hf.data2vec_audio import sample_audio_masks
 from data2vec_hf.losses import feature_std, regression_loss
 from data2vec_hf.pretraining import pretrain_audio, pretrain_vision
 from data2vec_hf.pretraining.arguments import apply_recipe_defaults, build_parser
+from data2vec_hf.pretraining.building import build_model
 from data2vec_hf.pretraining.data import AudioCollator
 from data2vec_hf.pretraining.data.batching import EpochBatchSampler, example_generator
-from data2vec_hf.pretraining.trainer import PretrainingLoop, UpdateStatistics, build_model, check_collapse
+from data2vec_hf.pretraining.guards import check_collapse
+from data2vec_hf.pretraining.statistics import UpdateStatistics
+from data2vec_hf.pretraining.trainer import PretrainingLoop
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretraining_scripts import TINY_AUDIO, TINY_V2, audio_folder, summary  # noqa: E402
@@ -90,7 +93,7 @@ ACCUMULATION_CASES = {
 @pytest.mark.parametrize("case", sorted(ACCUMULATION_CASES))
 def test_accumulation_gives_the_gradients_of_one_large_batch(case, tmp_path):
     """k = 1, 2, 4 micro-batches of 8/k clips (same clips, same masks): the same gradients before clipping
-    and the same weights after the update. (accelerate's backward divides by k; the loop undoes it.)"""
+    and the same weights after the update. (The loop sums the k losses and divides once by the update's masked count.)"""
     spec, version, overrides, extra = ACCUMULATION_CASES[case]
     data = audio_folder(tmp_path / "data", count=8, seconds=(0.3, 0.7))
     results = {}

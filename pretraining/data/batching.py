@@ -14,7 +14,6 @@ masks drawn from it do not depend on the batch size, the number of processes or 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -166,22 +165,6 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches())
-
-
-def crop_waste(lengths: Sequence[int], crop_to_shortest: bool) -> tuple[int, int]:
-    """``(cropped_away, padding)`` samples when a batch of clips of these lengths is cropped to its
-    shortest clip or padded to its longest."""
-    lengths = list(lengths)
-    if not lengths:
-        return 0, 0
-    if crop_to_shortest:
-        return sum(lengths) - len(lengths) * min(lengths), 0
-    return 0, len(lengths) * max(lengths) - sum(lengths)
-
-
-def waste_fraction(content: float, cropped: float, padding: float) -> float:
-    """Audio not trained on (cropped away) plus padding, relative to the audio content of the batches."""
-    return (cropped + padding) / content if content > 0 else math.nan
 
 
 class ExampleCollator:

@@ -34,6 +34,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from data2vec_hf.atomic import replace_path
 
 MARKER = ".corpus.json"
 METADATA_FILE = "metadata.csv"
@@ -104,8 +105,7 @@ def build_once(
         if out.exists():  # an older build with other parameters (ours: it has a marker) or empty
             if _read_marker(out) == params:  # another process finished first
                 return out
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_path(tmp, out)
     except OSError:
         if _read_marker(out) != params:
             raise

@@ -107,47 +107,52 @@ def load_raw_dataset(
             cache_dir=cache_dir,
         )
     elif modality == "text":
-        files = _text_files(train_dir, train_file) if (train_dir or train_file) else [build_text_corpus()]
-        builder = TEXT_BUILDERS.get(files[0].suffix.lower(), "text")
-        where = _describe_source(train_dir, train_file, files)
-        if builder == "text":
-            files, dropped = ensure_utf8(files, skip_undecodable_lines, cache_dir)
-            if report is not None:
-                report["undecodable_lines"] = dropped
-            if not any(holds_text(f) for f in files):  # (stops at the first file with text)
-                raise DataError(f"{where} holds only blank lines: nothing usable is left to train on")
-        data_files = [str(f) for f in files]
-        try:
-            ds = datasets.load_dataset(
-                builder, data_files=data_files, split="train", cache_dir=cache_dir, streaming=streaming
-            )
-        except (ValueError, StopIteration, DatasetGenerationError) as error:
-            # a table without rows (a csv of its header only, an empty json list or jsonl: datasets says
-            # 'Instruction "train" corresponds to no data' or stops iterating) or one it cannot parse
-            cause = (
-                error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
-            )
-            if isinstance(cause, StopIteration) or "corresponds to no data" in str(cause):
-                raise DataError(f"{where} holds no rows: nothing usable is left to train on") from error
-            raise DataError(
-                f"{where} cannot be read as {builder}: {type(cause).__name__}: {cause}"
-            ) from error
-        if not streaming and len(ds) == 0:
-            raise DataError(f"{where} holds no rows: nothing usable is left to train on")
+        ds = load_text_files(train_dir, train_file, streaming, cache_dir, skip_undecodable_lines, report)
     else:
-        column = DEFAULT_COLUMNS[modality][0]
-        if train_file:
-            rows = _merge_rows([_manifest_rows(Path(f), column) for f in _as_list(train_file)])
-        else:
-            default = build_speech_corpus if modality == "audio" else build_image_corpus
-            rows = _folder_rows(
-                Path(train_dir) if train_dir else default(), FILE_EXTENSIONS[modality], column
-            )
-        ds = _dataset_from_rows(rows, column)
-        # a stream of local files in shards (a few files each), so that processes and DataLoader workers
-        # can share it out by whole shards (one shard would leave a single worker reading everything)
-        ds = ds.to_iterable_dataset(num_shards=min(len(ds), LOCAL_STREAM_SHARDS)) if streaming else ds
+        ds = load_media_files(modality, train_dir, train_file, streaming)
     return disable_decoding(ds)
+
+
+def load_text_files(train_dir, train_file, streaming: bool, cache_dir, skip_undecodable_lines: bool, report):
+    """Local text files (plain, json/jsonl, csv, parquet), or the embedded text corpus."""
+    files = _text_files(train_dir, train_file) if (train_dir or train_file) else [build_text_corpus()]
+    builder = TEXT_BUILDERS.get(files[0].suffix.lower(), "text")
+    where = _describe_source(train_dir, train_file, files)
+    if builder == "text":
+        files, dropped = ensure_utf8(files, skip_undecodable_lines, cache_dir)
+        if report is not None:
+            report["undecodable_lines"] = dropped
+        if not any(holds_text(f) for f in files):  # (stops at the first file with text)
+            raise DataError(f"{where} holds only blank lines: nothing usable is left to train on")
+    data_files = [str(f) for f in files]
+    try:
+        ds = datasets.load_dataset(
+            builder, data_files=data_files, split="train", cache_dir=cache_dir, streaming=streaming
+        )
+    except (ValueError, StopIteration, DatasetGenerationError) as error:
+        # a table without rows (a csv of its header only, an empty json list or jsonl: datasets says
+        # 'Instruction "train" corresponds to no data' or stops iterating) or one it cannot parse
+        cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+        if isinstance(cause, StopIteration) or "corresponds to no data" in str(cause):
+            raise DataError(f"{where} holds no rows: nothing usable is left to train on") from error
+        raise DataError(f"{where} cannot be read as {builder}: {type(cause).__name__}: {cause}") from error
+    if not streaming and len(ds) == 0:
+        raise DataError(f"{where} holds no rows: nothing usable is left to train on")
+    return ds
+
+
+def load_media_files(modality: str, train_dir, train_file, streaming: bool):
+    """Local audio or image files: a folder (with optional metadata), manifests, or the embedded corpus."""
+    column = DEFAULT_COLUMNS[modality][0]
+    if train_file:
+        rows = _merge_rows([_manifest_rows(Path(f), column) for f in _as_list(train_file)])
+    else:
+        default = build_speech_corpus if modality == "audio" else build_image_corpus
+        rows = _folder_rows(Path(train_dir) if train_dir else default(), FILE_EXTENSIONS[modality], column)
+    ds = _dataset_from_rows(rows, column)
+    # a stream of local files in shards (a few files each), so that processes and DataLoader workers
+    # can share it out by whole shards (one shard would leave a single worker reading everything)
+    return ds.to_iterable_dataset(num_shards=min(len(ds), LOCAL_STREAM_SHARDS)) if streaming else ds
 
 
 def _as_list(value: Any) -> list:

@@ -191,40 +191,11 @@ def prepare_text_dataset(
     if undecodable_lines:
         stats.skipped["undecodable"] = undecodable_lines
     special = frozenset(tokenizer.all_special_ids)
+    tokenize = functools.partial(_tokenize, tokenizer=tokenizer)
     if stats.streaming:
-        lines = raw.filter(
-            lambda line: stats.record("ok" if _not_empty([line])[0] else "empty"), input_columns=[column]
-        )
-        tokens = lines.map(
-            functools.partial(_tokenize, tokenizer=tokenizer), input_columns=[column], batched=True
-        )
-        tokens = tokens.filter(
-            lambda ids: _has_content([ids], special)[0] or not stats.skip("only_special_tokens"),
-            input_columns=["ids"],
-        )
+        tokens = _tokenized_stream(raw, column, tokenize, special, stats)
     else:
-        lines = cached_map(
-            raw, "filter", _not_empty, cache_dir=cache_dir, num_proc=num_proc, desc="Dropping empty lines",
-            input_columns=[column], batched=True,
-        )  # fmt: skip
-        if len(raw) > len(lines):
-            stats.skipped["empty"] = len(raw) - len(lines)
-        if len(lines) == 0:  # (a map over no rows adds no column: the steps below cannot run)
-            raise DataError(
-                f"no text left to train on: column {column!r} holds only empty lines ({stats.summary()})"
-            )
-        tokens = cached_map(
-            lines, "map", functools.partial(_tokenize, tokenizer=tokenizer), cache_dir=cache_dir,
-            num_proc=num_proc, desc="Tokenizing", input_columns=[column], batched=True,
-        )  # fmt: skip
-        with_content = cached_map(
-            tokens, "filter", functools.partial(_has_content, special=special), cache_dir=cache_dir,
-            num_proc=num_proc, desc="Dropping lines of special tokens only", input_columns=["ids"], batched=True,
-        )  # fmt: skip
-        if len(tokens) > len(with_content):
-            stats.skipped["only_special_tokens"] = len(tokens) - len(with_content)
-        tokens = with_content
-        stats.kept = len(tokens)
+        tokens = _tokenized_table(raw, column, tokenize, special, stats, cache_dir, num_proc)
     group = functools.partial(_group, block_size=max_seq_length, bos=bos, eos=eos)
     blocks = cached_map(
         tokens, "map", group, cache_dir=cache_dir, num_proc=num_proc, desc="Packing into blocks",
@@ -239,6 +210,44 @@ def prepare_text_dataset(
         stats.notes["blocks"] = len(blocks)
         logger.info(stats.summary())
     return blocks, stats
+
+
+def _tokenized_stream(raw, column: str, tokenize, special: frozenset, stats: DataStats):
+    """A stream's lines, without the empty ones and those of special tokens only (counted as read)."""
+    lines = raw.filter(
+        lambda line: stats.record("ok" if _not_empty([line])[0] else "empty"), input_columns=[column]
+    )
+    tokens = lines.map(tokenize, input_columns=[column], batched=True)
+    return tokens.filter(
+        lambda ids: _has_content([ids], special)[0] or not stats.skip("only_special_tokens"),
+        input_columns=["ids"],
+    )
+
+
+def _tokenized_table(raw, column: str, tokenize, special: frozenset, stats: DataStats, cache_dir, num_proc):
+    """A table's lines tokenized (cached), without the empty ones and those of special tokens only."""
+    lines = cached_map(
+        raw, "filter", _not_empty, cache_dir=cache_dir, num_proc=num_proc, desc="Dropping empty lines",
+        input_columns=[column], batched=True,
+    )  # fmt: skip
+    if len(raw) > len(lines):
+        stats.skipped["empty"] = len(raw) - len(lines)
+    if len(lines) == 0:  # (a map over no rows adds no column: the steps below cannot run)
+        raise DataError(
+            f"no text left to train on: column {column!r} holds only empty lines ({stats.summary()})"
+        )
+    tokens = cached_map(
+        lines, "map", tokenize, cache_dir=cache_dir, num_proc=num_proc, desc="Tokenizing",
+        input_columns=[column], batched=True,
+    )  # fmt: skip
+    with_content = cached_map(
+        tokens, "filter", functools.partial(_has_content, special=special), cache_dir=cache_dir,
+        num_proc=num_proc, desc="Dropping lines of special tokens only", input_columns=["ids"], batched=True,
+    )  # fmt: skip
+    if len(tokens) > len(with_content):
+        stats.skipped["only_special_tokens"] = len(tokens) - len(with_content)
+    stats.kept = len(with_content)
+    return with_content
 
 
 @dataclass

@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from data2vec_hf.atomic import atomic_file
+
 from .common import DataError, preprocess_dir
 
 logger = logging.getLogger(__name__)
@@ -84,8 +86,8 @@ def _without_undecodable_lines(path: Path, cache_dir: str | os.PathLike | None) 
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     cleaned = preprocess_dir(cache_dir) / f"utf8-{key}-{path.name}"
     count = 0
-    temporary = cleaned.with_suffix(cleaned.suffix + f".{os.getpid()}.tmp")
-    with open(path, "rb") as source, open(temporary, "wb") as target:
+    # atomic: several processes may clean the same file
+    with atomic_file(cleaned) as temporary, open(path, "rb") as source, open(temporary, "wb") as target:
         for raw in source:
             try:
                 raw.decode("utf-8")
@@ -93,5 +95,4 @@ def _without_undecodable_lines(path: Path, cache_dir: str | os.PathLike | None) 
                 count += 1
                 continue
             target.write(raw)
-    os.replace(temporary, cleaned)  # atomic: several processes may clean the same file
     return cleaned, count
