@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from data2vec_hf.atomic import atomic_folder
 
 from .checkpoint import fairseq_sections, load_checkpoint, sha256_of
 from .core import EXPORTS, Conversion, Converter, Options, Source
@@ -425,13 +424,10 @@ def convert(args) -> Path:
     conversion = _run_converter(converter, source, options)
 
     created = [p for p in [output_dir.parent, *output_dir.parent.parents] if not p.exists()]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
-        _write_folder(scratch, conversion, converter, source, args)
-        _move_into_place(scratch, output_dir)
+        with atomic_folder(output_dir) as scratch:  # replaces an earlier conversion only when complete
+            _write_folder(scratch, conversion, converter, source, args)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
         for folder in created:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -440,16 +436,6 @@ def convert(args) -> Path:
     if args.push_to_hub:
         _push(args, output_dir)
     return output_dir
-
-
-def _move_into_place(scratch: Path, output_dir: Path) -> None:
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
-        output_dir.rename(old)
-        scratch.rename(output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        scratch.rename(output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ class ModalitySpec:
         name: "audio", "vision" or "text".
         model_classes: ``{version: *ForPreTraining class}``.
         defaults: ``{version: {flag: value}}``, the released base recipe (learning rate, schedule, ...).
-        add_arguments: adds the modality's own flags to the parser.
+        add_arguments: the modality's own flags: a dataclass of them (parsed with the shared ones by
+            ``HfArgumentParser``), or a function that adds them to an argparse group.
         build_data: ``(args, config, accelerator) -> (dataset, collate_fn, processor)``; the processor
             (feature extractor / image processor / tokenizer) is saved with the exported encoder.
             ``collate_fn(examples, generators)`` receives one random generator per example.
