@@ -10,7 +10,7 @@ For every config (``audio-v2,vision-v2,text-v2`` by default) this
    process, as a user runs it) with ``--dataloader_num_workers N`` for ``--warmup`` + ``--updates``
    updates, logging and checkpointing at the script's default intervals (``--logging_steps``,
    ``--checkpointing_steps``). The process is this file started as ``pretrain_loop.py instrumented-run``:
-   it wraps methods of ``PretrainingLoop`` with timers (``pretraining/`` itself is unchanged);
+   it wraps methods of ``PretrainingLoop`` and ``Reporter.log`` with timers (``pretraining/`` itself is unchanged);
 3. times, in this process after the run has exited, the pure training step of
    ``pretrain_throughput.py`` (forward, backward, fused AdamW, EMA; no data, no statistics, no logging)
    on a model of the run's exact config and on the very batches of the timed updates (masks included).
@@ -183,6 +183,7 @@ def instrumented_run(modality: str, record_path: str, argv: list[str]) -> int:
     data preparation; writes what they saw to ``record_path`` (JSON) and the timed window's batches and
     the model config next to it."""
     born = time.perf_counter()
+    from data2vec_hf.pretraining.reporting import Reporter
     from data2vec_hf.pretraining.trainer import PretrainingLoop
 
     record = json.loads(Path(record_path).read_text())
@@ -250,7 +251,7 @@ def instrumented_run(modality: str, record_path: str, argv: list[str]) -> int:
     PretrainingLoop.epoch_batches = epoch_batches
     PretrainingLoop.micro_batch = timed("micro_batch", PretrainingLoop.micro_batch)
     PretrainingLoop.update = update
-    PretrainingLoop.log = timed("log", PretrainingLoop.log)
+    Reporter.log = timed("log", Reporter.log)  # the loop's progress bar, log line and trackers
     PretrainingLoop.checkpoint = timed("checkpoint", checkpoint)
     setattr(module, PREPARE[modality], prepare)  # build_data looks the name up in the script module
 
