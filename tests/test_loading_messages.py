@@ -136,7 +136,7 @@ def grouped(model, keys) -> dict[str, int]:
 
 def assert_teacher_is_student(model):
     student = dict(model.teacher_source().named_parameters())
-    teacher = dict(model.teacher.named_averaged_parameters())
+    teacher = dict(model.teacher.model.named_parameters())
     assert teacher
     for name, tensor in teacher.items():
         assert torch.equal(tensor, student[name].to(tensor.dtype)), name

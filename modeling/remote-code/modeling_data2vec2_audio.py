@@ -90,9 +90,6 @@ class EMATeacher(nn.Module):
         self.model.eval()
         return self
 
-    def named_averaged_parameters(self):
-        return self.model.named_parameters()
-
     def _paired(self, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student_params = dict(student.named_parameters())
         teacher, source = [], []
