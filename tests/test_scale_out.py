@@ -141,16 +141,16 @@ def test_fsdp_equals_ddp_and_shards_student_and_teacher_v2(audio_runs):
 def test_fsdp_resume_after_sigkill_matches_the_uninterrupted_run(audio_runs):
     root, data = audio_runs
     killed = root / "killed"
-    process = launch(
-        "pretrain_audio.py",
-        audio_args(killed, data),
-        FSDP,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = root / "killed.stderr"
+    with open(log, "w") as stderr:
+        process = launch(
+            "pretrain_audio.py", audio_args(killed, data), FSDP, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-3").exists():
-        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert process.poll() is None, (
+            "the run ended before its first checkpoint:\n" + log.read_text()[-3000:]
+        )
         assert time.time() < deadline
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
