@@ -313,9 +313,11 @@ def pure_step(modality: str, folder: Path, args, device) -> dict:
         from data2vec_hf.pretraining.building import compile_blocks
 
         compile_blocks(model)
+    # the batch entries that describe the batch (the loop pops them), not model inputs
+    accounting = module.SPEC.accounting
+    info_keys = {"example_index"} | ({accounting.info_key} if accounting is not None else set())
     batches = [
-        # the batch entries that describe the batch, not model inputs
-        {k: v.to(device) for k, v in batch.items() if k not in ("example_index", "audio_samples")}
+        {k: v.to(device) for k, v in batch.items() if k not in info_keys}
         for batch in torch.load(folder / "window_batches.pt")
     ]
     step = training_step(model, args, device)

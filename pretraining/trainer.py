@@ -99,9 +99,8 @@ class PretrainingLoop:
         kept = accelerator.device.type == "cpu" and args.keep_host_memory and keep_freed_host_memory()
         logger.info("processes: %d, device: %s, mixed precision: %s, freed host memory kept: %s",
                     accelerator.num_processes, accelerator.device, accelerator.mixed_precision, kept)  # fmt: skip
-        with (
-            accelerator.main_process_first()
-        ):  # the default corpus and preprocessing are built once, then cached
+        # the default corpus and preprocessing are built once (main process first), then cached
+        with accelerator.main_process_first():
             model = build_model(spec, args)
             self.config = model.config
             self.dataset, collate, self.processor = spec.build_data(args, self.config, accelerator)
